@@ -1,0 +1,108 @@
+"""torchvision ImageNet models with a new classifier head, and offline handling of their weights.
+
+Weights are fetched once (``fetch_weights``, needs internet) into a weights directory and are
+afterwards only read from there, so training jobs never touch the network.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torchvision.models as tvm
+from torch import nn
+
+# torchvision weight enum members used by the studies. IMAGENET1K_V1 everywhere: it is what
+# the old `pretrained=True` gave (torchvision's DEFAULT for ResNet50 is the different V2).
+PRETRAINED_WEIGHTS: dict[str, str] = {
+    "resnet18": "ResNet18_Weights.IMAGENET1K_V1",
+    "resnet34": "ResNet34_Weights.IMAGENET1K_V1",
+    "resnet50": "ResNet50_Weights.IMAGENET1K_V1",
+    "squeezenet1_1": "SqueezeNet1_1_Weights.IMAGENET1K_V1",
+}
+
+_CONSTRUCTORS: dict[str, Callable[..., nn.Module]] = {
+    "resnet18": tvm.resnet18,
+    "resnet34": tvm.resnet34,
+    "resnet50": tvm.resnet50,
+    "squeezenet1_1": tvm.squeezenet1_1,
+}
+
+# Dotted path of the module that build_torchvision replaces with a fresh num_classes head.
+HEADS: dict[str, str] = {
+    "resnet18": "fc",
+    "resnet34": "fc",
+    "resnet50": "fc",
+    "squeezenet1_1": "classifier.1",
+}
+
+
+def _check_name(name: str) -> None:
+    if name not in PRETRAINED_WEIGHTS:
+        raise KeyError(f"no pretrained weights for model {name!r}; available: {', '.join(PRETRAINED_WEIGHTS)}")
+
+
+def weights_url(name: str) -> str:
+    """Download URL of the ImageNet weights for ``name``."""
+    _check_name(name)
+    return tvm.get_weight(PRETRAINED_WEIGHTS[name]).url
+
+
+def weights_file(name: str, weights_dir: str | os.PathLike) -> Path:
+    """Where the weights live: torchvision's file name (e.g. resnet18-f37072fd.pth) in ``weights_dir``."""
+    return Path(weights_dir) / weights_url(name).rsplit("/", 1)[-1]
+
+
+def fetch_weights(name: str, weights_dir: str | os.PathLike) -> Path:
+    """Download the weights into ``weights_dir`` unless already there; return the file path.
+
+    The hash prefix in torchvision's file name is checked on download.
+    """
+    path = weights_file(name, weights_dir)
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.load_state_dict_from_url(
+            weights_url(name), model_dir=str(path.parent), check_hash=True, progress=True
+        )
+    return path
+
+
+def load_weights(name: str, weights_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read the state dict from ``weights_dir`` without touching the network."""
+    path = weights_file(name, weights_dir)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Pretrained weights for {name!r} not found: expected file {path.name} in directory "
+            f"{path.parent.resolve()}. Get it by running `snakemake fetch_weights` (run with internet "
+            f"once), or download {weights_url(name)} and save it as {path.resolve()}."
+        )
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def replace_head(model: nn.Module, name: str, num_classes: int) -> None:
+    """Swap the ImageNet classifier for a freshly initialised one with ``num_classes`` outputs."""
+    if HEADS[name] == "fc":
+        model.fc = nn.Linear(model.fc.in_features, num_classes)
+    else:
+        # SqueezeNet v1.1: Dropout(0.5) → conv10 → ReLU → global pool; only conv10 is replaced.
+        model.classifier[1] = nn.Conv2d(model.classifier[1].in_channels, num_classes, kernel_size=1)
+        model.num_classes = num_classes
+
+
+def build_torchvision(
+    name: str,
+    num_classes: int,
+    pretrained: bool = False,
+    weights_dir: str | os.PathLike | None = None,
+) -> nn.Module:
+    """torchvision ``name`` (1000-class ImageNet layout), optionally with ImageNet weights, new head."""
+    _check_name(name)
+    model = _CONSTRUCTORS[name](weights=None)
+    if pretrained:
+        if weights_dir is None:
+            raise ValueError(f"pretrained=True for {name!r} needs weights_dir (weights are loaded offline)")
+        model.load_state_dict(load_weights(name, weights_dir))
+    replace_head(model, name, num_classes)
+    return model

@@ -1,0 +1,259 @@
+"""Tests for cnnrepro.bench: tiny models, few runs, no assertions on wall-clock magnitudes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from cnnrepro import bench
+
+
+class TinyNet(nn.Module):
+    """Conv -> BN -> ReLU -> depthwise conv -> pool -> linear; importable, so it pickles."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn(self.conv(x)))
+        x = self.dw(x)
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+SHAPE = (3, 8, 8)
+LATENCY_FIELDS = {"median_ms", "mean_ms", "std_ms", "p90_ms", "min_ms", "runs", "warmup", "num_threads", "method"}
+
+
+def _assert_latency_stats(rec: dict) -> None:
+    for key in ("median_ms", "mean_ms", "std_ms", "p90_ms", "min_ms"):
+        assert math.isfinite(rec[key]), key
+    assert rec["std_ms"] >= 0
+    assert rec["median_ms"] > 0
+    assert rec["min_ms"] > 0
+    assert rec["p90_ms"] >= rec["median_ms"] >= rec["min_ms"]
+
+
+# ----------------------------------------------------------------------------- size
+
+
+def test_size_conventions_on_known_bytes():
+    model = nn.Linear(1000, 1000, bias=False)  # 1e6 float32 = 4,000,000 bytes of weights
+    rec = bench.size_record(model, num_classes=1000)
+    assert rec["params_total"] == 1_000_000
+    assert rec["params_trainable"] == 1_000_000
+    assert rec["buffers_total"] == 0
+    assert rec["num_classes"] == 1000
+    for kind in ("state_dict", "checkpoint"):
+        n = rec[f"{kind}_bytes"]
+        assert 4_000_000 <= n < 4_000_000 + 64_000
+        assert rec[f"{kind}_MiB"] == n / 2**20
+        assert rec[f"{kind}_MB_1024000"] == n / 1_024_000
+    # the whole-module pickle carries the class, so it is never smaller than the bare state_dict
+    assert rec["checkpoint_bytes"] > rec["state_dict_bytes"]
+
+
+def test_params_trainable_and_buffers():
+    model = TinyNet()
+    model.conv.weight.requires_grad_(False)
+    rec = bench.size_record(model)
+    total = sum(p.numel() for p in model.parameters())
+    assert rec["params_total"] == total
+    assert rec["params_trainable"] == total - model.conv.weight.numel()
+    # BN: running_mean (8) + running_var (8) + num_batches_tracked (1)
+    assert rec["buffers_total"] == 17
+
+
+def test_size_record_rejects_unpicklable_module():
+    class Local(nn.Module):  # defined in a function: cannot be pickled as a whole module
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(2, 2)
+
+    with pytest.raises(TypeError, match="importable"):
+        bench.size_record(Local())
+
+
+# ----------------------------------------------------------------------------- FLOPs
+
+
+def test_flops_linear():
+    rec = bench.flops_record(nn.Linear(100, 10), (100,))
+    assert rec["flops_forward"] == 2000
+    assert rec["macs_forward"] == 1000
+    assert rec["input_shape"] == [100]
+
+
+def test_flops_conv_known_output():
+    # 3->16, 3x3, stride 1, pad 1 on 8x8: output 16x8x8, each output 3*3*3 MACs
+    conv = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+    rec = bench.flops_record(conv, (3, 8, 8))
+    assert rec["flops_forward"] == 2 * 16 * 8 * 8 * 27
+
+
+def test_flops_depthwise_forward():
+    # depthwise 8 channels, 3x3, pad 1 on 8x8: each output 3*3 MACs (not 8*3*3)
+    dw = nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)
+    rec = bench.flops_record(dw, (8, 8, 8))
+    assert rec["flops_forward"] == 2 * 8 * 8 * 8 * 9
+
+
+def test_flops_restores_training_mode():
+    model = TinyNet().train()
+    bench.flops_record(model, SHAPE)
+    assert model.training
+
+
+# ----------------------------------------------------------------------------- latency
+
+
+def test_latency_correct_fields_and_stats():
+    model = TinyNet()
+    calls = []
+    rec = bench.latency_correct(
+        model, torch.randn(1, *SHAPE), "cpu", runs=7, warmup=2, num_threads=1, sync=lambda: calls.append(1)
+    )
+    assert LATENCY_FIELDS <= set(rec)
+    assert rec["runs"] == 7 and rec["warmup"] == 2 and rec["num_threads"] == 1
+    assert rec["method"] == "correct"
+    _assert_latency_stats(rec)
+    assert len(calls) >= 2 * 7  # the sync seam is called around every timed sample
+
+
+def test_latency_correct_restores_threads_and_mode():
+    before = torch.get_num_threads()
+    model = TinyNet().train()
+    bench.latency_correct(model, torch.randn(1, *SHAPE), "cpu", runs=2, warmup=0, num_threads=1)
+    assert torch.get_num_threads() == before
+    assert model.training
+
+
+def test_latency_correct_rejects_zero_runs():
+    with pytest.raises(ValueError):
+        bench.latency_correct(TinyNet(), torch.randn(1, *SHAPE), "cpu", runs=0, warmup=0, num_threads=1)
+
+
+def test_latency_paper_tensor_and_iterable():
+    model = TinyNet()
+    rec = bench.latency_paper(model, torch.randn(5, *SHAPE), "cpu")
+    assert rec["runs"] == 5
+    assert rec["method"] == "paper-faithful (unsynchronised time.time, warm-up included)"
+    assert rec["std_ms"] >= 0 and rec["mean_ms"] >= 0
+    assert math.isfinite(rec["mean_ms"]) and math.isfinite(rec["std_ms"])
+
+    batches = [torch.randn(1, *SHAPE) for _ in range(3)] + [torch.randn(*SHAPE)]
+    assert bench.latency_paper(model, batches, "cpu")["runs"] == 4
+    pairs = [(torch.randn(2, *SHAPE), torch.tensor([0, 1]))]  # DataLoader-style, split into singles
+    assert bench.latency_paper(model, pairs, "cpu")["runs"] == 2
+
+
+def test_latency_paper_std_is_population(monkeypatch):
+    ticks = iter([0.0, 0.001, 1.0, 1.003])  # two calls: 1 ms and 3 ms
+    monkeypatch.setattr(bench.time, "time", lambda: next(ticks))
+    rec = bench.latency_paper(nn.Identity(), torch.zeros(2, 1), "cpu")
+    assert rec["mean_ms"] == pytest.approx(2.0)
+    assert rec["std_ms"] == pytest.approx(1.0)  # population std, not the sample std (1.414)
+
+
+# ----------------------------------------------------------------------------- throughput / memory
+
+
+def test_throughput_positive():
+    recs = bench.throughput(TinyNet(), SHAPE, "cpu", batch_sizes=(1, 4), runs=3, num_threads=1)
+    assert [r["batch_size"] for r in recs] == [1, 4]
+    for r in recs:
+        assert r["images_per_s"] > 0 and math.isfinite(r["images_per_s"])
+        assert r["seconds_per_batch"] > 0
+        assert r["runs"] == 3
+
+
+def test_peak_memory_cpu():
+    rec = bench.peak_inference_memory(TinyNet(), torch.randn(1, *SHAPE), "cpu")
+    assert isinstance(rec["peak_bytes"], int) and rec["peak_bytes"] >= 0
+    assert rec["method"].startswith("cpu")
+
+
+def test_peak_memory_cpu_sees_a_large_allocation():
+    class Big(nn.Module):
+        def forward(self, x):
+            y = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+            return x + y.sum()
+
+    rec = bench.peak_inference_memory(Big(), torch.zeros(1), "cpu")
+    if "clear_refs" in rec["method"]:
+        assert rec["peak_bytes"] >= 32 * 2**20
+
+
+# ----------------------------------------------------------------------------- device / records
+
+
+def test_device_record_cpu():
+    rec = bench.device_record("cpu")
+    assert rec["device"] == "cpu"
+    assert isinstance(rec["device_name"], str) and rec["device_name"]
+    assert rec["cpu_count"] >= 1
+    assert rec["torch_version"] == torch.__version__
+    assert rec["torch_num_threads"] == torch.get_num_threads()
+    assert "cuda_version" in rec
+
+
+def test_not_measured_record():
+    rec = bench.not_measured_record("not measured: no CUDA device", "gpu")
+    assert rec == {"measured": False, "reason": "not measured: no CUDA device", "device_kind": "gpu"}
+
+
+def test_run_benchmark_gpu_without_cuda(monkeypatch):
+    monkeypatch.setattr(bench, "cuda_available", lambda: False)
+    rec = bench.run_benchmark(TinyNet(), SHAPE, "gpu", {})
+    assert rec == {"measured": False, "reason": "not measured: no CUDA device", "device_kind": "gpu"}
+
+
+def test_run_benchmark_rejects_unknown_kind():
+    with pytest.raises(ValueError):
+        bench.run_benchmark(TinyNet(), SHAPE, "tpu", {})
+
+
+def test_run_benchmark_cpu_full_record():
+    before = torch.get_num_threads()
+    settings = {"runs": 4, "warmup": 1, "num_threads": 1, "paper_runs": 6, "batch_sizes": [1, 2],
+                "throughput_runs": 2}
+    rec = bench.run_benchmark(TinyNet(), SHAPE, "cpu", settings)
+    assert torch.get_num_threads() == before
+    assert rec["measured"] is True
+    assert rec["device"]["device"] == "cpu"
+    assert rec["size"]["params_total"] > 0
+    assert rec["flops"]["flops_forward"] > 0
+    assert rec["latency_correct"]["runs"] == 4 and rec["latency_correct"]["num_threads"] == 1
+    _assert_latency_stats(rec["latency_correct"])
+    assert rec["latency_paper"]["runs"] == 6
+    assert [r["batch_size"] for r in rec["throughput"]] == [1, 2]
+    assert rec["peak_memory"]["peak_bytes"] >= 0
+    assert rec["settings"]["num_threads"] == 1
+
+
+def test_benchmark_model_defaults_and_paper_inputs():
+    before = torch.get_num_threads()
+    rec = bench.benchmark_model(
+        TinyNet(), SHAPE, "cpu", {"runs": 3, "warmup": 0, "batch_sizes": [1], "throughput_runs": 1},
+        paper_inputs=torch.randn(3, *SHAPE),
+    )
+    assert rec["latency_paper"]["runs"] == 3
+    assert rec["settings"]["num_threads"] == before  # None: torch default kept and recorded
+    assert rec["settings"]["paper_runs"] == 200
+
+
+def test_record_is_json_serialisable(tmp_path):
+    from cnnrepro.io import read_json, write_json
+
+    rec = bench.benchmark_model(
+        TinyNet(), SHAPE, "cpu",
+        {"runs": 2, "warmup": 0, "paper_runs": 2, "batch_sizes": [1], "throughput_runs": 1, "num_threads": 1},
+    )
+    write_json(tmp_path / "r.json", rec)
+    assert read_json(tmp_path / "r.json")["measured"] is True

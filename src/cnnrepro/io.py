@@ -59,8 +59,10 @@ def read_json(path: str | os.PathLike) -> Any:
 def torch_save(obj: Any, path: str | os.PathLike) -> None:
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    # Through a handle, torch names the archive's inner folder "archive" rather than after the temp
+    # file, so saving the same object twice gives identical bytes (and an identical sha256).
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(obj, handle)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

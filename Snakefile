@@ -1,0 +1,24 @@
+# cnnrepro: reproduce published CNN comparisons.
+#   snakemake --cores 8 --resources gpu=1                      full reproduction (config.yaml)
+#   snakemake --cores 2 --configfile presets/smoke.yaml        synthetic data, minutes, offline
+#   snakemake --workflow-profile profiles/slurm                on a SLURM cluster
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/benchmark.smk"
+include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        rules.report_html.output,

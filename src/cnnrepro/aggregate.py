@@ -1,0 +1,202 @@
+"""Aggregation: each run's metrics and benchmarks as one flat summary, and every paper table
+rebuilt with ``<metric>_paper`` beside ``<metric>_ours``.
+
+How a paper row finds its runs is data in config (``studies.<name>.tables``): ``match`` maps a
+paper key column to run fields, ``where`` adds fixed run fields, ``metrics`` maps each paper
+metric column to a summary field (``{column}`` templates take the row's cell).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from cnnrepro import config as cfg
+from cnnrepro import io
+
+log = logging.getLogger("cnnrepro.aggregate")
+
+RUN_FIELDS = ("study", "dataset", "model", "freeze", "variant", "seed")
+
+
+def bench_path(results: str | Path, run: cfg.Run, kind: str) -> Path:
+    return Path(results) / "bench" / run.study / run.dataset / run.model / run.freeze / f"{kind}.json"
+
+
+def summarize(record: dict, bench_cpu: dict | None = None, bench_gpu: dict | None = None) -> dict:
+    """One flat dict per run: the fields paper tables and the report read."""
+    settings = record["settings"]
+    out: dict[str, Any] = {k: settings[k] for k in RUN_FIELDS}
+    out.update(status=record.get("status"), augment=settings.get("augment"), recipe=settings.get("recipe", {}),
+               input=settings.get("input", {}), epochs_run=record.get("epochs_run"),
+               train_seconds=record.get("train_seconds"), device_name=record.get("device_name"))
+    if record.get("status") == "ok":
+        test = record["test"]
+        out.update(
+            test_top1_pct=100 * test["top1"], test_acc=test["top1"], test_loss=test["loss"],
+            test_top5_pct=100 * test["top5"] if "top5" in test else None,
+            macro_f1=test["macro_f1"],
+            test_f1_by_class={**{str(i): f for i, f in enumerate(test["f1_per_class"])},
+                              "macro avg": test["macro_f1"]},
+            eval_loss=record["eval"]["loss"], eval_acc=record["eval"]["acc"],
+            train_loss_first=record["train_loss_first"], train_loss_last=record["train_loss_last"],
+            train_acc_last=record["train_acc_last"], train_acc_last_pct=100 * record["train_acc_last"],
+            params_count=record["params_total"], params_trainable=record["params_trainable"],
+            selected_epoch=record.get("selected_epoch"), peak_memory_bytes=record.get("peak_memory_bytes"),
+        )
+    if bench_cpu and bench_cpu.get("measured"):
+        size = bench_cpu["size"]
+        unit = settings.get("size_unit", "MiB")
+        out.update(
+            size_MiB=size["checkpoint_MiB"], size_MB_1024000=size["checkpoint_MB_1024000"],
+            size_MB_paper_unit=size["checkpoint_MiB"] if unit == "MiB" else size["checkpoint_MB_1024000"],
+            state_dict_MiB=size["state_dict_MiB"], flops_forward=bench_cpu["flops"]["flops_forward"],
+            cpu_time_ms_mean=bench_cpu["latency_paper"]["mean_ms"],
+            cpu_time_ms_std=bench_cpu["latency_paper"]["std_ms"],
+            cpu_latency_median_ms=bench_cpu["latency_correct"]["median_ms"],
+            cpu_device=bench_cpu["device"]["device_name"],
+        )
+    if bench_gpu:
+        if bench_gpu.get("measured"):
+            out.update(gpu_time_ms_mean=bench_gpu["latency_paper"]["mean_ms"],
+                       gpu_time_ms_std=bench_gpu["latency_paper"]["std_ms"],
+                       gpu_latency_median_ms=bench_gpu["latency_correct"]["median_ms"],
+                       gpu_device=bench_gpu["device"]["device_name"])
+        else:
+            out["gpu_not_measured"] = bench_gpu.get("reason")
+    return out
+
+
+def load_summaries(config: dict, results: str | Path) -> list[dict]:
+    summaries = []
+    for run in cfg.expand_runs(config):
+        metrics_path = Path(results) / "runs" / run.id / "metrics.json"
+        if not metrics_path.exists():
+            log.warning("no metrics for %s yet; its cells stay empty", run.id)
+            continue
+        benches = {}
+        for kind in ("cpu", "gpu"):
+            path = bench_path(results, run, kind)
+            benches[kind] = io.read_json(path) if path.exists() else None
+        summaries.append(summarize(io.read_json(metrics_path), benches["cpu"], benches["gpu"]))
+    return summaries
+
+
+def _same(run_value: Any, wanted: Any) -> bool:
+    if run_value is None:
+        return False
+    try:
+        return float(run_value) == float(wanted)
+    except (TypeError, ValueError):
+        return str(run_value) == str(wanted)
+
+
+def row_selector(table: dict, row: dict) -> dict[str, Any] | None:
+    """Run fields the paper row selects; None when a printed value has no mapping."""
+    selector = dict(table.get("where", {}))
+    for column, rule in (table.get("match") or {}).items():
+        cell = row[column]
+        if isinstance(rule, str):
+            selector[rule] = cell
+        elif cell in rule:
+            selector.update(rule[cell])
+        else:
+            return None
+    return selector
+
+
+def matching(summaries: list[dict], study: str, selector: dict[str, Any]) -> list[dict]:
+    return [s for s in summaries if s["study"] == study
+            and all(_same(cfg.get_path(s, k), v) for k, v in selector.items())]
+
+
+def _mean(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return statistics.fmean(values) if values else None
+
+
+def _round(value: float | None) -> Any:
+    if value is None:
+        return None
+    return int(value) if float(value).is_integer() and abs(value) >= 1 else round(float(value), 4)
+
+
+def paper_table(table: dict, study: str, summaries: list[dict], tables_dir: str | Path) -> pd.DataFrame:
+    """The paper's table with its key columns, then ``m_paper`` and ``m_ours`` for each metric ``m``."""
+    paper = pd.read_csv(Path(tables_dir) / table["file"], dtype=str, keep_default_na=False)
+    # A shared metrics map may name columns this particular table does not print.
+    metric_cols = [m for m in table["metrics"] if m in paper.columns]
+    key_cols = [c for c in paper.columns if c not in metric_cols]
+    rows = []
+    for record in paper.to_dict("records"):
+        selector = row_selector(table, record)
+        runs = matching(summaries, study, selector) if selector is not None else []
+        out = {c: record[c] for c in key_cols}
+        for metric in metric_cols:
+            source = table["metrics"][metric]
+            ours = None
+            if source and runs:
+                field = source.format(**record)
+                ours = _round(_mean([cfg.get_path(r, field) for r in runs]))
+            out[f"{metric}_paper"] = record[metric]
+            out[f"{metric}_ours"] = ours
+        out["runs_ours"] = len(runs)
+        rows.append(out)
+    return pd.DataFrame(rows)
+
+
+def flat_runs(summaries: list[dict]) -> pd.DataFrame:
+    rows = []
+    for s in summaries:
+        row = {k: v for k, v in s.items() if not isinstance(v, dict)}
+        row.update({f"recipe.{k}": v for k, v in s.get("recipe", {}).items() if not isinstance(v, (list, dict))})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+MODEL_COLUMNS = ["params_count", "params_trainable", "size_MiB", "state_dict_MiB", "flops_forward",
+                 "cpu_latency_median_ms", "cpu_time_ms_mean", "gpu_latency_median_ms", "gpu_time_ms_mean",
+                 "test_top1_pct", "train_seconds"]
+
+
+def model_comparison(summaries: list[dict]) -> pd.DataFrame:
+    """Size, FLOPs, latency and accuracy of every model of every study (means over variants and seeds)."""
+    frame = flat_runs(summaries)
+    if frame.empty:
+        return pd.DataFrame(columns=["study", "dataset", "model", "freeze", *MODEL_COLUMNS, "runs"])
+    for column in MODEL_COLUMNS:
+        if column not in frame:
+            frame[column] = None
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    grouped = frame.groupby(["study", "dataset", "model", "freeze"], sort=False)
+    out = grouped[MODEL_COLUMNS].mean().reset_index()
+    out["runs"] = grouped.size().values
+    if "gpu_not_measured" in frame:
+        out["gpu_note"] = grouped["gpu_not_measured"].first().values
+    return out
+
+
+def aggregate(config: dict, results: str | Path) -> dict[str, Path]:
+    results = Path(results)
+    tables_dir = Path(config.get("paper_tables_dir", "paper_tables"))
+    summaries = load_summaries(config, results)
+    written = {}
+    for study, spec in config["studies"].items():
+        for table in spec.get("tables", []):
+            path = results / "tables" / table["file"]
+            frame = paper_table(table, study, summaries, tables_dir)
+            with io.atomic_path(path) as tmp:
+                frame.to_csv(tmp, index=False)
+            written[table["file"]] = path
+            log.info("wrote %s (%d rows, %d with our numbers)", path, len(frame), int((frame["runs_ours"] > 0).sum()))
+    for name, frame in (("runs.csv", flat_runs(summaries)), ("models.csv", model_comparison(summaries))):
+        path = results / "tables" / name
+        with io.atomic_path(path) as tmp:
+            frame.to_csv(tmp, index=False)
+        written[name] = path
+    return written

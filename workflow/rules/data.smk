@@ -1,0 +1,65 @@
+# Data: download (login node, needs internet), then one compact uint8 tensor file per dataset.
+
+
+localrules:
+    download_dataset,
+    fetch_weights,
+
+
+rule download_dataset:
+    output:
+        touch(f"{config['data_root']}/.{{dataset}}.verified"),
+    params:
+        root=config["data_root"],
+    log:
+        f"{RESULTS}/logs/download/{{dataset}}.log",
+    retries: 3
+    conda:
+        "../../envs/cnnrepro.yaml"
+    script:
+        "../scripts/download_dataset.py"
+
+
+rule fetch_weights:
+    output:
+        f"{config['weights_dir']}/{{weights_file}}",
+    params:
+        weights_dir=config["weights_dir"],
+    log:
+        f"{RESULTS}/logs/weights/{{weights_file}}.log",
+    retries: 3
+    conda:
+        "../../envs/cnnrepro.yaml"
+    script:
+        "../scripts/fetch_weights.py"
+
+
+rule prepare_dataset:
+    input:
+        dataset_source_inputs,
+    output:
+        data=f"{RESULTS}/data/{{dataset}}.pt",
+        sidecar=f"{RESULTS}/data/{{dataset}}.pt.json",
+        classes=report(
+            f"{RESULTS}/data/{{dataset}}_classes.csv",
+            caption="../../report/class_distribution.rst",
+            category="Data",
+            labels={"dataset": "{dataset}", "kind": "table"},
+        ),
+        plot=report(
+            f"{RESULTS}/data/{{dataset}}_classes.png",
+            caption="../../report/class_distribution.rst",
+            category="Data",
+            labels={"dataset": "{dataset}", "kind": "figure"},
+        ),
+    params:
+        settings=lambda wildcards: cfg.data_settings(config, wildcards.dataset),
+        root=config["data_root"],
+    log:
+        f"{RESULTS}/logs/data/{{dataset}}.log",
+    resources:
+        mem_mb=4000,
+    conda:
+        "../../envs/cnnrepro.yaml"
+    script:
+        "../scripts/prepare_dataset.py"

@@ -1,0 +1,26 @@
+# Training: one job per run (study/dataset/model/freeze/variant/seed).
+
+
+rule train:
+    input:
+        data=f"{RESULTS}/data/{{dataset}}.pt",
+        weights=pretrained_weights,
+    output:
+        weights=f"{RESULTS}/runs/{RUN}/weights.pt",
+        history=f"{RESULTS}/runs/{RUN}/history.csv",
+        metrics=f"{RESULTS}/runs/{RUN}/metrics.json",
+    params:
+        settings=train_settings,
+        weights_dir=config["weights_dir"],
+        # Not an output: Snakemake would delete it when a job fails, and it is what a rerun resumes from.
+        checkpoint=lambda wildcards: f"{RESULTS}/checkpoints/{RUN.format(**wildcards)}/checkpoint.pt",
+    log:
+        f"{RESULTS}/logs/train/{RUN}.log",
+    threads: config["train_threads"]
+    resources:
+        gpu=gpu_request,
+        mem_mb=8000,
+    conda:
+        "../../envs/cnnrepro.yaml"
+    script:
+        "../scripts/train.py"

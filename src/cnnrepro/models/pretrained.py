@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torchvision.models as tvm
 from torch import nn
 
 # torchvision weight enum members used by the studies. IMAGENET1K_V1 everywhere: it is what
@@ -23,12 +22,15 @@ PRETRAINED_WEIGHTS: dict[str, str] = {
     "squeezenet1_1": "SqueezeNet1_1_Weights.IMAGENET1K_V1",
 }
 
-_CONSTRUCTORS: dict[str, Callable[..., nn.Module]] = {
-    "resnet18": tvm.resnet18,
-    "resnet34": tvm.resnet34,
-    "resnet50": tvm.resnet50,
-    "squeezenet1_1": tvm.squeezenet1_1,
-}
+def _tvm():
+    # Imported on first use: torchvision.models costs ~2 s, which every CIFAR/KMNIST job would pay.
+    import torchvision.models as tvm
+
+    return tvm
+
+
+def _constructor(name: str) -> Callable[..., nn.Module]:
+    return getattr(_tvm(), name)
 
 # Dotted path of the module that build_torchvision replaces with a fresh num_classes head.
 HEADS: dict[str, str] = {
@@ -47,7 +49,7 @@ def _check_name(name: str) -> None:
 def weights_url(name: str) -> str:
     """Download URL of the ImageNet weights for ``name``."""
     _check_name(name)
-    return tvm.get_weight(PRETRAINED_WEIGHTS[name]).url
+    return _tvm().get_weight(PRETRAINED_WEIGHTS[name]).url
 
 
 def weights_file(name: str, weights_dir: str | os.PathLike) -> Path:
@@ -99,7 +101,7 @@ def build_torchvision(
 ) -> nn.Module:
     """torchvision ``name`` (1000-class ImageNet layout), optionally with ImageNet weights, new head."""
     _check_name(name)
-    model = _CONSTRUCTORS[name](weights=None)
+    model = _constructor(name)(weights=None)
     if pretrained:
         if weights_dir is None:
             raise ValueError(f"pretrained=True for {name!r} needs weights_dir (weights are loaded offline)")

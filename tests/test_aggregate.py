@@ -1,0 +1,86 @@
+import pandas as pd
+import pytest
+
+from cnnrepro import aggregate, config as cfg, io
+
+
+def fake_record(study, dataset, model, freeze="none", variant="base", seed=0, top1=0.5, extra=None, **settings):
+    f1 = [0.1 * i for i in range(10)]
+    return {
+        "status": "ok",
+        "settings": {"study": study, "dataset": dataset, "model": model, "freeze": freeze, "variant": variant,
+                     "seed": seed, "augment": settings.pop("augment", "none"),
+                     "recipe": settings.pop("recipe", {}), "input": {}, "size_unit": settings.pop("size_unit", "MiB")},
+        "test": {"top1": top1, "loss": 1.0, "macro_f1": sum(f1) / 10, "f1_per_class": f1, "top5": 0.9},
+        "eval": {"loss": 0.5, "acc": top1}, "train_loss_first": 2.0, "train_loss_last": 0.25, "train_acc_last": 0.8,
+        "train_seconds": 10.0, "params_total": 1234, "params_trainable": 34, "epochs_run": 3, **(extra or {}),
+    }
+
+
+def bench_cpu():
+    return {"measured": True, "size": {"checkpoint_MiB": 3.0, "checkpoint_MB_1024000": 3.07, "state_dict_MiB": 2.9},
+            "flops": {"flops_forward": 1e6}, "latency_paper": {"mean_ms": 5.0, "std_ms": 0.5},
+            "latency_correct": {"median_ms": 4.0}, "device": {"device_name": "cpu model"}}
+
+
+def test_summary_picks_the_papers_size_unit():
+    c10 = aggregate.summarize(fake_record("s", "cifar10", "m", size_unit="MB_1024000"), bench_cpu(),
+                              {"measured": False, "reason": "not measured: no CUDA device"})
+    c100 = aggregate.summarize(fake_record("s", "cifar100", "m", size_unit="MiB"), bench_cpu(), None)
+    assert c10["size_MB_paper_unit"] == 3.07 and c100["size_MB_paper_unit"] == 3.0
+    assert c10["gpu_not_measured"] == "not measured: no CUDA device" and "gpu_time_ms_mean" not in c10
+    assert c10["test_f1_by_class"]["macro avg"] == pytest.approx(0.45)
+
+
+def test_paper_table_keeps_printed_digits_and_means_over_seeds(tmp_path):
+    (tmp_path / "t.csv").write_text("model,dataset,acc_pct,loss\nA,CIFAR-10,89.10,0.2100\nB,CIFAR-10,70.00,1.0\n")
+    table = {"file": "t.csv", "match": {"model": {"A": {"model": "a"}, "B": {"model": "b"}},
+                                        "dataset": {"CIFAR-10": {"dataset": "cifar10"}}},
+             "metrics": {"acc_pct": "test_top1_pct", "loss": "train_loss_last", "missing_col": "x"}}
+    summaries = [aggregate.summarize(fake_record("s", "cifar10", "a", seed=s, top1=t)) for s, t in ((0, .5), (1, .7))]
+    frame = aggregate.paper_table(table, "s", summaries, tmp_path)
+    assert list(frame.columns) == ["model", "dataset", "acc_pct_paper", "acc_pct_ours", "loss_paper", "loss_ours",
+                                   "runs_ours"]
+    a, b = frame.to_dict("records")
+    assert a["acc_pct_paper"] == "89.10" and a["loss_paper"] == "0.2100"
+    assert a["acc_pct_ours"] == pytest.approx(60.0) and a["runs_ours"] == 2
+    assert pd.isna(b["acc_pct_ours"]) and b["runs_ours"] == 0
+
+
+def test_match_by_run_field_and_templates(tmp_path):
+    (tmp_path / "t.csv").write_text("level,batch_size,epochs,class,f1\nall,500,300,3,0.9\nall,250,300,macro avg,0.8\n")
+    table = {"file": "t.csv", "match": {"level": {"all": {"freeze": "none"}}, "batch_size": "recipe.batch_size",
+                                        "epochs": "recipe.epochs"},
+             "metrics": {"f1": "test_f1_by_class.{class}"}}
+    runs = [aggregate.summarize(fake_record("s", "cifar10", "m", recipe={"batch_size": bs, "epochs": 300}))
+            for bs in (250, 500)]
+    frame = aggregate.paper_table(table, "s", runs, tmp_path)
+    assert frame["f1_ours"].tolist() == [pytest.approx(0.3), pytest.approx(0.45)]
+    assert frame["runs_ours"].tolist() == [1, 1]
+
+
+def test_every_configured_table_is_written_with_paper_columns(raw_config, tmp_path):
+    config = cfg.validate(raw_config)
+    run = cfg.Run("seed001_resnet_mobilenet_cifar10", "cifar10", "mobilenet", "none", "base", 0)
+    io.write_json(tmp_path / "runs" / run.id / "metrics.json",
+                  fake_record(run.study, run.dataset, run.model, top1=0.8418))
+    written = aggregate.aggregate(config, tmp_path)
+    files = {t["file"] for s in config["studies"].values() for t in s["tables"]}
+    assert files | {"runs.csv", "models.csv"} == set(written)
+    for name in files:
+        frame = pd.read_csv(written[name], dtype=str, keep_default_na=False)
+        paper_cols = [c for c in frame.columns if c.endswith("_paper")]
+        assert paper_cols and all(frame[c].ne("").any() for c in paper_cols if "top5" not in c)
+    seed001 = pd.read_csv(written["seed001_accuracy_cifar10.csv"])
+    assert seed001.set_index("model").loc["MobileNet", "test_acc_pct_ours"] == pytest.approx(84.18)
+    assert pd.isna(seed001.set_index("model").loc["ResNet", "test_acc_pct_ours"])
+    seed002 = pd.read_csv(written["seed002_table1_squeezenet.csv"])
+    assert "params_count_ours" in seed002 and "params_count_paper" in seed002
+
+
+def test_diverged_runs_are_listed_without_numbers():
+    record = {"status": "diverged", "settings": fake_record("s", "cifar10", "m")["settings"], "epochs_run": 2}
+    summary = aggregate.summarize(record)
+    assert summary["status"] == "diverged" and "test_top1_pct" not in summary
+    frame = aggregate.model_comparison([summary])
+    assert len(frame) == 1 and pd.isna(frame.loc[0, "test_top1_pct"])

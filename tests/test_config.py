@@ -1,0 +1,95 @@
+import pytest
+import yaml
+
+from cnnrepro import config as cfg
+from cnnrepro import datasets, models
+
+
+def test_default_config_defines_the_five_studies(raw_config):
+    config = cfg.validate(raw_config)
+    runs = cfg.expand_runs(config)
+    per_study = {s: sum(r.study == s for r in runs) for s in config["studies"]}
+    assert per_study == {"seed000_resnet_mnist": 3, "seed001_resnet_mobilenet_cifar10": 2,
+                         "seed002_squeezenet_dsc": 10, "seed003_kmnist_fcnn_cnn": 5,
+                         "seed004_squeezenet_transfer_cifar10": 18}
+    assert len({r.id for r in runs}) == len(runs)
+
+
+def test_run_id_encodes_every_field(raw_config):
+    config = cfg.validate(raw_config)
+    run = cfg.expand_runs(config, ["seed004_squeezenet_transfer_cifar10"])[-1]
+    assert run.id == "seed004_squeezenet_transfer_cifar10/cifar10/squeezenet1_1/none/batch_size-500_epochs-300/seed0"
+    assert cfg.find_run(config, run.wildcards) == run
+
+
+def test_grid_and_exclude(raw_config):
+    config = cfg.validate(raw_config)
+    seed003 = {(r.model, r.variant) for r in cfg.expand_runs(config, ["seed003_kmnist_fcnn_cnn"])}
+    assert ("cnn_nopool", "augment-kmnist10x") not in seed003
+    assert ("fcnn", "augment-kmnist10x") in seed003
+    settings = cfg.run_settings(config, cfg.Run("seed003_kmnist_fcnn_cnn", "kmnist", "cnn", "none",
+                                                "augment-kmnist10x", 42))
+    assert settings["augment"] == "kmnist10x" and settings["in_channels"] == 1
+
+
+def test_variant_overrides_recipe(raw_config):
+    config = cfg.validate(raw_config)
+    run = cfg.Run("seed004_squeezenet_transfer_cifar10", "cifar10", "squeezenet1_1", "last_two_fire_and_head",
+                  "batch_size-500_epochs-150", 0)
+    settings = cfg.run_settings(config, run)
+    assert settings["recipe"]["batch_size"] == 500 and settings["recipe"]["epochs"] == 150
+    assert settings["trainable"] == ["features.11", "features.12", "head"]
+    assert settings["eval_split"] == "val" and settings["recipe"]["loss"] == "mse"
+
+
+def test_limits_cap_epochs_input_and_pretraining(raw_config):
+    raw_config["limits"] = {"max_epochs": 2, "input_size": 32, "pretrained": False}
+    config = cfg.validate(raw_config)
+    r000 = cfg.run_settings(config, cfg.expand_runs(config, ["seed000_resnet_mnist"])[0])
+    assert r000["recipe"]["epochs"] == 2 and r000["input"]["size"] == 32 and r000["pretrained"] is False
+    r002 = cfg.run_settings(config, cfg.expand_runs(config, ["seed002_squeezenet_dsc"])[0])
+    assert r002["recipe"]["max_epochs"] == 2 and r002["input"]["size"] is None
+
+
+def test_defaults_are_filled_from_the_schema(raw_config):
+    del raw_config["benchmark"]
+    config = cfg.validate(raw_config)
+    assert config["benchmark"]["runs"] == 100 and config["benchmark"]["exclusive"] is True
+    assert config["studies"]["seed001_resnet_mobilenet_cifar10"]["exclude"] == []
+
+
+@pytest.mark.parametrize("mutate, field, words", [
+    (lambda c: c["studies"]["seed000_resnet_mnist"]["models"].__setitem__(0, "resnet19"),
+     "studies.seed000_resnet_mnist.models[0]", "resnet19"),
+    (lambda c: c["studies"]["seed000_resnet_mnist"]["datasets"].__setitem__(0, "imagenet"),
+     "studies.seed000_resnet_mnist.datasets[0]", "imagenet"),
+    (lambda c: c["studies"]["seed001_resnet_mobilenet_cifar10"]["recipe"].__setitem__("epochs", -3),
+     "studies.seed001_resnet_mobilenet_cifar10.recipe.epochs", "-3"),
+    (lambda c: c["studies"]["seed001_resnet_mobilenet_cifar10"]["recipe"].__setitem__("epoch", 3),
+     "studies.seed001_resnet_mobilenet_cifar10.recipe", "misspelt"),
+    (lambda c: c.__setitem__("devise", "cpu"), "<top level>", "devise"),
+    (lambda c: c["studies"]["seed000_resnet_mnist"]["freeze"].__setitem__(0, "backbone"),
+     "studies.seed000_resnet_mnist.freeze[0]", "freeze_levels"),
+    (lambda c: c["studies"]["seed000_resnet_mnist"]["input"].__setitem__("normalization", "zca"),
+     "studies.seed000_resnet_mnist.input.normalization", "zca"),
+])
+def test_bad_config_names_the_field(raw_config, mutate, field, words):
+    mutate(raw_config)
+    with pytest.raises(cfg.ConfigError) as error:
+        cfg.validate(raw_config)
+    assert f"'{field}'" in str(error.value)
+    assert words in str(error.value)
+
+
+def test_schema_lists_match_the_registries():
+    schema = yaml.safe_load(cfg.SCHEMA_PATH.read_text())
+    assert set(schema["definitions"]["model_name"]["enum"]) == set(models.MODEL_NAMES)
+    assert set(schema["definitions"]["dataset_name"]["enum"]) == set(datasets.DATASETS)
+    assert cfg.DATASET_CLASSES == {k: v.num_classes for k, v in datasets.DATASETS.items()}
+    assert cfg.DATASET_CHANNELS == {k: v.channels for k, v in datasets.DATASETS.items()}
+
+
+def test_presets_validate(raw_config):
+    for preset in ("presets/smoke.yaml", "presets/quick.yaml"):
+        config = cfg.validate(cfg.deep_merge(raw_config, cfg.load_yaml(preset)))
+        assert cfg.expand_runs(config)

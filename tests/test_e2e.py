@@ -1,0 +1,126 @@
+"""The real snakemake command on the smoke preset, in a temporary copy of the workflow."""
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cnnrepro import config as cfg
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOW_FILES = ["Snakefile", "config.yaml", "workflow", "presets", "paper_tables", "report", "profiles", "src"]
+
+
+def copy_workflow(dest: Path) -> Path:
+    for name in WORKFLOW_FILES:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(source, dest / name)
+    return dest
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(workdir / "src")}
+    return subprocess.run(["snakemake", *args], cwd=workdir, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    workdir = copy_workflow(tmp_path_factory.mktemp("smoke"))
+    result = snakemake(workdir, "--cores", "2", "--configfile", "presets/smoke.yaml")
+    assert result.returncode == 0, result.stderr[-4000:]
+    config = cfg.validate(cfg.deep_merge(cfg.load_yaml(workdir / "config.yaml"),
+                                         cfg.load_yaml(workdir / "presets" / "smoke.yaml")),
+                          workdir / "workflow" / "schemas" / "config.schema.yaml")
+    return workdir, config, workdir / config["results"]
+
+
+@pytest.mark.e2e
+def test_every_run_has_metrics_history_and_log(smoke):
+    workdir, config, results = smoke
+    runs = cfg.expand_runs(config)
+    assert {r.study for r in runs} >= {"seed000_resnet_mnist", "seed001_resnet_mobilenet_cifar10",
+                                       "seed002_squeezenet_dsc", "seed003_kmnist_fcnn_cnn",
+                                       "seed004_squeezenet_transfer_cifar10"}
+    for run in runs:
+        metrics = json.loads((results / "runs" / run.id / "metrics.json").read_text())
+        assert metrics["status"] == "ok" and metrics["run_id"] == run.id
+        assert 0.0 <= metrics["test"]["top1"] <= 1.0 and metrics["torch_version"]
+        history = pd.read_csv(results / "runs" / run.id / "history.csv")
+        assert len(history) == 1 and {"train_loss", "eval_acc", "lr", "epoch_seconds"} <= set(history.columns)
+        assert "epoch 1/1" in (results / "logs" / "train" / f"{run.id}.log").read_text()
+        assert not (results / "checkpoints" / run.id / "checkpoint.pt").exists()
+
+
+@pytest.mark.e2e
+def test_synthetic_data_is_learned_well_above_chance(smoke):
+    _, _, results = smoke
+    metrics = json.loads((results / "runs" / "smoke_sanity/mnist/cnn/none/base/seed0/metrics.json").read_text())
+    assert metrics["test"]["top1"] >= 0.4  # chance is 0.1
+
+
+@pytest.mark.e2e
+def test_every_paper_table_has_paper_and_our_columns(smoke):
+    _, config, results = smoke
+    for study in config["studies"].values():
+        for table in study.get("tables", []):
+            frame = pd.read_csv(results / "tables" / table["file"], dtype=str, keep_default_na=False)
+            paper = pd.read_csv(REPO / "paper_tables" / table["file"], dtype=str, keep_default_na=False)
+            assert len(frame) == len(paper)
+            for column in table["metrics"]:
+                if column in paper.columns:
+                    assert frame[f"{column}_paper"].tolist() == paper[column].tolist()
+                    assert f"{column}_ours" in frame
+            assert (frame["runs_ours"].astype(int) > 0).all(), table["file"]
+    seed002 = pd.read_csv(results / "tables" / "seed002_table6_cifar10.csv")
+    assert (seed002["params_count_ours"] == seed002["params_count_paper"]).all()
+    assert seed002["gpu_time_ms_mean_ours"].isna().all() if "gpu_time_ms_mean_ours" in seed002 else True
+
+
+@pytest.mark.e2e
+def test_gpu_benchmarks_say_not_measured_and_cpu_ones_measure(smoke):
+    _, _, results = smoke
+    gpu = sorted((results / "bench").rglob("gpu.json"))
+    cpu = sorted((results / "bench").rglob("cpu.json"))
+    assert gpu and len(gpu) == len(cpu)
+    for path in gpu:
+        record = json.loads(path.read_text())
+        assert record["measured"] is False and "no CUDA device" in record["reason"]
+    record = json.loads(cpu[0].read_text())
+    assert record["measured"] is True and record["latency_correct"]["median_ms"] > 0
+
+
+@pytest.mark.e2e
+def test_report_names_every_study_and_latex_has_booktabs(smoke):
+    _, config, results = smoke
+    html = (results / "report" / "index.html").read_text()
+    for name, study in config["studies"].items():
+        assert name in html and study.get("title", name) in html
+    assert "<img src=\"data:image/png;base64," in html  # self-contained
+    tex = (results / "report" / "tables.tex").read_text()
+    assert "\\toprule" in tex and "\\bottomrule" in tex and "seed002\\_table6\\_cifar10.csv" in tex
+
+
+@pytest.mark.e2e
+def test_second_run_has_nothing_to_do(smoke):
+    workdir, _, _ = smoke
+    result = snakemake(workdir, "-n", "--cores", "2", "--configfile", "presets/smoke.yaml", timeout=300)
+    assert result.returncode == 0
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_bad_config_stops_before_any_job(tmp_path):
+    workdir = copy_workflow(tmp_path)
+    (workdir / "bad.yaml").write_text("studies:\n  seed000_resnet_mnist:\n    models: [resnet19]\n")
+    result = snakemake(workdir, "-n", "--cores", "1", "--configfile", "bad.yaml", timeout=300)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "studies.seed000_resnet_mnist.models[0]" in output and "resnet19" in output
+    assert not (workdir / "results").exists()

@@ -36,7 +36,7 @@ rule benchmark_cpu:
         f"{RESULTS}/logs/bench/{BENCH}/cpu.log",
     # Holding every local core keeps training jobs off the machine while latency is measured;
     # the torch thread count is benchmark.cpu_threads. On a cluster, profiles/slurm sets the cores.
-    threads: workflow.cores
+    threads: workflow.cores if config["benchmark"]["exclusive"] else config["benchmark"]["cpu_threads"]
     conda:
         "../../envs/cnnrepro.yaml"
     script:

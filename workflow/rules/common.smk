@@ -71,7 +71,7 @@ def gpu_request(wildcards=None):
 def dataset_source_inputs(wildcards):
     settings = cfg.data_settings(config, wildcards.dataset)
     if settings["source"] == "torchvision":
-        return [f"{config['data_root']}/.{wildcards.dataset}.verified"]
+        return [f"{RESULTS}/data/{wildcards.dataset}.source-verified"]
     if settings["source"] == "npz":
         return list(settings["npz"].values())
     return []

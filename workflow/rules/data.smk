@@ -8,7 +8,7 @@ localrules:
 
 rule download_dataset:
     output:
-        touch(f"{config['data_root']}/.{{dataset}}.verified"),
+        touch(f"{RESULTS}/data/{{dataset}}.source-verified"),
     params:
         root=config["data_root"],
     log:

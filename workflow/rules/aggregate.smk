@@ -27,11 +27,12 @@ rule aggregate:
             category="All runs",
             labels={"table": "models"},
         ),
-    params:
-        results=RESULTS,
     log:
         f"{RESULTS}/logs/aggregate.log",
     conda:
         "../../envs/cnnrepro.yaml"
+    params:
+        # results/tables/runs.csv -> results
+        results=lambda wildcards, output: str(Path(output.runs).parent.parent),
     script:
         "../scripts/aggregate.py"

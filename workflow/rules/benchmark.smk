@@ -7,17 +7,17 @@ rule benchmark_gpu:
         data=f"{RESULTS}/data/{{dataset}}.pt",
     output:
         f"{RESULTS}/bench/{BENCH}/gpu.json",
+    log:
+        f"{RESULTS}/logs/bench/{BENCH}/gpu.log",
+    conda:
+        "../../envs/cnnrepro.yaml"
+    threads: 1
+    resources:
+        gpu=gpu_request,
     params:
         settings=lambda wildcards: cfg.run_settings(config, bench_run(wildcards)),
         bench=config["benchmark"],
         kind="gpu",
-    log:
-        f"{RESULTS}/logs/bench/{BENCH}/gpu.log",
-    threads: 1
-    resources:
-        gpu=gpu_request,
-    conda:
-        "../../envs/cnnrepro.yaml"
     script:
         "../scripts/benchmark.py"
 
@@ -28,16 +28,19 @@ rule benchmark_cpu:
         data=f"{RESULTS}/data/{{dataset}}.pt",
     output:
         f"{RESULTS}/bench/{BENCH}/cpu.json",
+    log:
+        f"{RESULTS}/logs/bench/{BENCH}/cpu.log",
+    conda:
+        "../../envs/cnnrepro.yaml"
+    # Holding every local core keeps training jobs off the machine while latency is measured;
+    # the torch thread count is benchmark.cpu_threads. On a cluster, profiles/slurm sets the cores.
+    threads:
+        workflow.cores
+        if config["benchmark"]["exclusive"]
+        else config["benchmark"]["cpu_threads"]
     params:
         settings=lambda wildcards: cfg.run_settings(config, bench_run(wildcards)),
         bench=config["benchmark"],
         kind="cpu",
-    log:
-        f"{RESULTS}/logs/bench/{BENCH}/cpu.log",
-    # Holding every local core keeps training jobs off the machine while latency is measured;
-    # the torch thread count is benchmark.cpu_threads. On a cluster, profiles/slurm sets the cores.
-    threads: workflow.cores if config["benchmark"]["exclusive"] else config["benchmark"]["cpu_threads"]
-    conda:
-        "../../envs/cnnrepro.yaml"
     script:
         "../scripts/benchmark.py"

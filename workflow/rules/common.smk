@@ -8,7 +8,9 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from cnnrepro import config as cfg  # noqa: E402
 
 try:
-    cfg.validate(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
+    cfg.validate(
+        config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
+    )
 except cfg.ConfigError as error:
     raise WorkflowError(str(error)) from None
 
@@ -16,7 +18,9 @@ RESULTS = config["results"]
 RUNS = cfg.expand_runs(config)
 RUN = "{study}/{dataset}/{model}/{freeze}/{variant}/seed{seed}"
 BENCH = "{study}/{dataset}/{model}/{freeze}"
-PAPER_TABLES = sorted({t["file"] for s in config["studies"].values() for t in s.get("tables", [])})
+PAPER_TABLES = sorted(
+    {t["file"] for s in config["studies"].values() for t in s.get("tables", [])}
+)
 
 
 wildcard_constraints:
@@ -47,7 +51,9 @@ def bench_targets():
 
 
 def bench_run(wildcards):
-    return bench_targets()[(wildcards.study, wildcards.dataset, wildcards.model, wildcards.freeze)]
+    return bench_targets()[
+        (wildcards.study, wildcards.dataset, wildcards.model, wildcards.freeze)
+    ]
 
 
 def train_settings(wildcards):
@@ -82,5 +88,8 @@ def all_metrics():
 
 
 def all_bench():
-    return [f"{RESULTS}/bench/{s}/{d}/{m}/{f}/{kind}.json"
-            for (s, d, m, f) in bench_targets() for kind in ("cpu", "gpu")]
+    return [
+        f"{RESULTS}/bench/{s}/{d}/{m}/{f}/{kind}.json"
+        for (s, d, m, f) in bench_targets()
+        for kind in ("cpu", "gpu")
+    ]

@@ -9,13 +9,13 @@ localrules:
 rule download_dataset:
     output:
         touch(f"{RESULTS}/data/{{dataset}}.source-verified"),
-    params:
-        root=config["data_root"],
     log:
         f"{RESULTS}/logs/download/{{dataset}}.log",
     retries: 3
     conda:
         "../../envs/cnnrepro.yaml"
+    params:
+        root=config["data_root"],
     script:
         "../scripts/download_dataset.py"
 
@@ -23,13 +23,13 @@ rule download_dataset:
 rule fetch_weights:
     output:
         f"{config['weights_dir']}/{{weights_file}}",
-    params:
-        weights_dir=config["weights_dir"],
     log:
         f"{RESULTS}/logs/weights/{{weights_file}}.log",
     retries: 3
     conda:
         "../../envs/cnnrepro.yaml"
+    params:
+        weights_dir=lambda wildcards, output: str(Path(output[0]).parent),
     script:
         "../scripts/fetch_weights.py"
 
@@ -52,14 +52,14 @@ rule prepare_dataset:
             category="Data",
             labels={"dataset": "{dataset}", "kind": "figure"},
         ),
+    log:
+        f"{RESULTS}/logs/data/{{dataset}}.log",
+    conda:
+        "../../envs/cnnrepro.yaml"
+    resources:
+        mem_mb=4000,
     params:
         settings=lambda wildcards: cfg.data_settings(config, wildcards.dataset),
         root=config["data_root"],
-    log:
-        f"{RESULTS}/logs/data/{{dataset}}.log",
-    resources:
-        mem_mb=4000,
-    conda:
-        "../../envs/cnnrepro.yaml"
     script:
         "../scripts/prepare_dataset.py"

@@ -6,7 +6,9 @@ rule report_html:
         tables=rules.aggregate.output.tables,
         runs=rules.aggregate.output.runs,
         models=rules.aggregate.output.models,
-        classes=expand(f"{RESULTS}/data/{{dataset}}_classes.png", dataset=datasets_used()),
+        classes=expand(
+            f"{RESULTS}/data/{{dataset}}_classes.png", dataset=datasets_used()
+        ),
     output:
         html=report(
             f"{RESULTS}/report/index.html",
@@ -15,11 +17,11 @@ rule report_html:
             labels={"file": "index.html"},
         ),
         tex=f"{RESULTS}/report/tables.tex",
-    params:
-        results=RESULTS,
     log:
         f"{RESULTS}/logs/report.log",
     conda:
         "../../envs/cnnrepro.yaml"
+    params:
+        results=lambda wildcards, input: str(Path(input.runs).parent.parent),
     script:
         "../scripts/report.py"

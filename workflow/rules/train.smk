@@ -9,18 +9,18 @@ rule train:
         weights=f"{RESULTS}/runs/{RUN}/weights.pt",
         history=f"{RESULTS}/runs/{RUN}/history.csv",
         metrics=f"{RESULTS}/runs/{RUN}/metrics.json",
+    log:
+        f"{RESULTS}/logs/train/{RUN}.log",
+    conda:
+        "../../envs/cnnrepro.yaml"
+    threads: config["train_threads"]
+    resources:
+        gpu=gpu_request,
+        mem_mb=8000,
     params:
         settings=train_settings,
         weights_dir=config["weights_dir"],
         # Not an output: Snakemake would delete it when a job fails, and it is what a rerun resumes from.
         checkpoint=lambda wildcards: f"{RESULTS}/checkpoints/{RUN.format(**wildcards)}/checkpoint.pt",
-    log:
-        f"{RESULTS}/logs/train/{RUN}.log",
-    threads: config["train_threads"]
-    resources:
-        gpu=gpu_request,
-        mem_mb=8000,
-    conda:
-        "../../envs/cnnrepro.yaml"
     script:
         "../scripts/train.py"

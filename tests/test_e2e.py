@@ -12,7 +12,7 @@ import pytest
 from cnnrepro import config as cfg
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ["Snakefile", "config.yaml", "workflow", "presets", "paper_tables", "report", "profiles", "src"]
+WORKFLOW_FILES = ["Snakefile", "config.yaml", "workflow", "presets", "paper_tables", "report", "profiles", "envs", "src"]
 
 
 def copy_workflow(dest: Path) -> Path:

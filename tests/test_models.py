@@ -261,7 +261,23 @@ def test_missing_weights_message(tmp_path):
     assert "resnet18-f37072fd.pth" in message
     assert str(tmp_path.resolve()) in message
     assert "https://download.pytorch.org/models/resnet18-f37072fd.pth" in message
-    assert "snakemake fetch_weights" in message and "internet" in message
+    assert "fetch_weights" in message and "internet" in message and "pretrained: false" in message
+
+
+def test_fetch_without_network_says_where_to_put_the_file(tmp_path, monkeypatch):
+    import urllib.error
+
+    from cnnrepro.models import fetch_weights
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    with pytest.raises(FileNotFoundError) as info:
+        fetch_weights("squeezenet1_1", tmp_path)
+    message = str(info.value)
+    assert "squeezenet1_1-b8a52dc0.pth" in message and str(tmp_path.resolve()) in message
+    assert "Name or service not known" in message
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -14,8 +15,23 @@ from cnnrepro.train import RunOutputs, train_run
 log = logging.getLogger("cnnrepro.pipeline")
 
 
-def download_job(dataset: str, root: str, log_path: str | None = None) -> None:
-    setup_job_logging(log_path)
+def job(function):
+    """Log to the job's own file (the ``log_path`` argument) and record any failure there too."""
+
+    @functools.wraps(function)
+    def wrapper(*args, log_path: str | None = None, **kwargs):
+        setup_job_logging(log_path)
+        try:
+            return function(*args, **kwargs)
+        except Exception:
+            log.exception("%s failed", function.__name__)
+            raise
+
+    return wrapper
+
+
+@job
+def download_job(dataset: str, root: str) -> None:
     log.info("downloading or verifying %s in %s", dataset, root)
     datasets.download(dataset, root)
     log.info("%s is in %s", dataset, root)
@@ -28,16 +44,15 @@ def model_for_weights_file(file_name: str, weights_dir: str) -> str:
     raise ValueError(f"no model's pretrained weights are called {file_name}")
 
 
-def fetch_weights_job(file_name: str, weights_dir: str, log_path: str | None = None) -> None:
-    setup_job_logging(log_path)
+@job
+def fetch_weights_job(file_name: str, weights_dir: str) -> None:
     name = model_for_weights_file(file_name, weights_dir)
     log.info("fetching %s (%s) into %s", models.get_spec(name).pretrained_weights, file_name, weights_dir)
     models.fetch_weights(name, weights_dir)
 
 
-def prepare_job(dataset: str, settings: dict, root: str, out: str, classes_csv: str, plot: str,
-                log_path: str | None = None) -> None:
-    setup_job_logging(log_path)
+@job
+def prepare_job(dataset: str, settings: dict, root: str, out: str, classes_csv: str, plot: str) -> None:
     sidecar = datasets.prepare(dataset, settings["source"], root, out, settings)
     log.info("wrote %s (sha256 %s)", out, sidecar.get("sha256"))
     table = datasets.class_distribution(datasets.read_compact(out))
@@ -47,9 +62,9 @@ def prepare_job(dataset: str, settings: dict, root: str, out: str, classes_csv: 
         datasets.plot_class_distribution(table, tmp)
 
 
+@job
 def train_job(settings: dict, data: str, weights: str, history: str, metrics: str, checkpoint: str,
-              weights_dir: str, threads: int, log_path: str | None = None) -> dict:
-    setup_job_logging(log_path)
+              weights_dir: str, threads: int) -> dict:
     outputs = RunOutputs(Path(weights), Path(history), Path(metrics), Path(checkpoint))
     return train_run(settings, data, outputs, weights_dir, threads)
 
@@ -71,9 +86,8 @@ def paper_inputs(settings: dict, data: str, count: int) -> torch.Tensor:
     return transform(test["x"][:count], None, False)
 
 
-def benchmark_job(settings: dict, weights: str, data: str, kind: str, bench_settings: dict, out: str,
-                  log_path: str | None = None) -> dict:
-    setup_job_logging(log_path)
+@job
+def benchmark_job(settings: dict, weights: str, data: str, kind: str, bench_settings: dict, out: str) -> dict:
     ident = {k: settings[k] for k in ("study", "dataset", "model", "freeze")} | {"weights_of_run": settings["run_id"]}
     if kind == "gpu" and not bench.cuda_available():
         record = bench.not_measured_record("not measured: no CUDA device", "gpu")
@@ -91,15 +105,15 @@ def benchmark_job(settings: dict, weights: str, data: str, kind: str, bench_sett
     return record
 
 
-def aggregate_job(config: dict, results: str, log_path: str | None = None) -> None:
+@job
+def aggregate_job(config: dict, results: str) -> None:
     from cnnrepro.aggregate import aggregate
 
-    setup_job_logging(log_path)
     aggregate(config, results)
 
 
-def report_job(config: dict, results: str, html: str, tex: str, log_path: str | None = None) -> None:
+@job
+def report_job(config: dict, results: str, html: str, tex: str) -> None:
     from cnnrepro.report import render
 
-    setup_job_logging(log_path)
     render(config, results, html, tex)

@@ -2,4 +2,4 @@
 from cnnrepro import pipeline
 
 sm = snakemake  # noqa: F821
-pipeline.aggregate_job(sm.config, sm.params.results, sm.log[0])
+pipeline.aggregate_job(sm.config, sm.params.results, log_path=sm.log[0])

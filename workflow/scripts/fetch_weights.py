@@ -2,4 +2,4 @@
 from cnnrepro import pipeline
 
 pipeline.fetch_weights_job(snakemake.wildcards.weights_file, snakemake.params.weights_dir,  # noqa: F821
-                           snakemake.log[0])  # noqa: F821
+                           log_path=snakemake.log[0])  # noqa: F821

@@ -65,20 +65,30 @@ def fetch_weights(name: str, weights_dir: str | os.PathLike) -> Path:
     path = weights_file(name, weights_dir)
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.hub.load_state_dict_from_url(
-            weights_url(name), model_dir=str(path.parent), check_hash=True, progress=True
-        )
+        try:
+            torch.hub.load_state_dict_from_url(
+                weights_url(name), model_dir=str(path.parent), check_hash=True, progress=True
+            )
+        except OSError as error:  # URLError and socket errors: no network here
+            raise FileNotFoundError(
+                f"Could not download the pretrained weights for {name!r} ({error}). {_how_to_get(name, path)}"
+            ) from error
     return path
+
+
+def _how_to_get(name: str, path: Path) -> str:
+    return (
+        f"Expected file {path.name} in directory {path.parent.resolve()}. Run snakemake once on a machine "
+        f"with internet (its fetch_weights rule downloads it), or download {weights_url(name)} and save it "
+        f"as {path.resolve()}; or set `limits: {{pretrained: false}}` to train from scratch."
+    )
 
 
 def load_weights(name: str, weights_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read the state dict from ``weights_dir`` without touching the network."""
     path = weights_file(name, weights_dir)
     if not path.is_file():
-        raise FileNotFoundError(
-            f"Pretrained weights for {name!r} not found: expected file {path.name} in directory "
-            f"{path.parent.resolve()}. Get it by running `snakemake fetch_weights` (run with internet "
-            f"once), or download {weights_url(name)} and save it as {path.resolve()}."
+        raise FileNotFoundError(f"Pretrained weights for {name!r} not found. {_how_to_get(name, path)}"
         )
     return torch.load(path, map_location="cpu", weights_only=True)
 

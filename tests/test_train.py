@@ -1,0 +1,478 @@
+"""The training engine end to end on small synthetic data: learning, determinism, kill-and-resume,
+divergence, feature caching, checkpoint selection, schedules, speed switches and the progress bar."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io as stdio
+import json
+import logging
+import math
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cnnrepro import config as cfgmod
+from cnnrepro import datasets, models, train
+
+NORMALIZATION = {
+    "mnist": {"mean": [0.1307], "std": [0.3081]},
+    "imagenet": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+}
+BASE_RECIPE = {"optimizer": "adam", "lr": 1e-3, "batch_size": 32, "loss": "ce", "schedule": "constant",
+               "epochs": 4}
+# What a frozen ImageNet model sees in these tests: RGB at 32 px (48 px gives SqueezeNet 2x2 feature maps).
+RGB_INPUT = {"size": 32, "rgb": True, "normalization": "imagenet"}
+# Fields that measure the machine, not the run.
+VOLATILE = ("train_seconds", "peak_memory_bytes")
+
+
+def make_settings(model: str = "cnn", recipe: dict | None = None, freeze: str = "none",
+                  input_cfg: dict | None = None, augment: str = "none") -> dict:
+    """Settings as the workflow builds them, from a one-study config."""
+    recipe = {**BASE_RECIPE, **(recipe or {})}
+    if "max_epochs" in recipe:  # plateau schedules: max_epochs replaces the constant schedule's epochs
+        recipe.pop("epochs")
+    study = {"datasets": ["mnist"], "models": [model], "freeze": [freeze], "pretrained": False,
+             "input": input_cfg or {"normalization": "mnist"}, "augment": augment, "eval_split": "test",
+             "recipe": recipe}
+    config = {"studies": {"unit": study}, "normalization": NORMALIZATION,
+              "freeze_levels": {"none": "all", "head": ["head"]}, "device": "cpu"}
+    return cfgmod.run_settings(config, cfgmod.Run("unit", "mnist", model, freeze, "base", 0))
+
+
+def outputs(folder: Path) -> train.RunOutputs:
+    return train.RunOutputs(folder / "weights.pt", folder / "history.csv", folder / "metrics.json",
+                            folder / "checkpoint.pt")
+
+
+def run(settings: dict, data: Path, folder: Path) -> dict:
+    return train.train_run(settings, data, outputs(folder), threads=1)
+
+
+def stable(record: dict) -> dict:
+    return {k: v for k, v in json.loads(json.dumps(record)).items() if k not in VOLATILE}
+
+
+def history_rows(folder: Path) -> list[dict]:
+    with open(folder / "history.csv", newline="") as handle:
+        return [{k: v for k, v in row.items() if k != "epoch_seconds"} for row in csv.DictReader(handle)]
+
+
+def weights(folder: Path) -> dict:
+    return torch.load(folder / "weights.pt", map_location="cpu", weights_only=True)
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_globals():
+    # train_run sets process-wide state (threads, deterministic mode, global RNG); other test files share it.
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    rng = torch.get_rng_state()
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+    torch.set_rng_state(rng)
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "mnist.pt"
+    datasets.write_compact(datasets.make_synthetic("mnist", 256, 128), path, {"dataset": "mnist"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, data_file) -> tuple[dict, Path]:
+    """One uninterrupted cnn run (conv + dropout), shared by several tests."""
+    folder = tmp_path_factory.mktemp("reference")
+    record = train.train_run(make_settings("cnn"), data_file, outputs(folder), threads=1)
+    return record, folder
+
+
+# --------------------------------------------------------------------------- (a) it learns
+
+
+def test_short_run_learns_and_writes_every_output(reference):
+    record, folder = reference
+    assert record["status"] == "ok"
+    assert record["test"]["top1"] > 0.8  # chance is 0.1
+    assert record["epochs_run"] == 4 and record["stop_reason"] == "max_epochs"
+    assert len(history_rows(folder)) == 4
+    for name in ("weights.pt", "history.csv", "metrics.json"):
+        assert (folder / name).is_file()
+    assert not (folder / "checkpoint.pt").exists()  # removed once the outputs are written
+    assert json.loads((folder / "metrics.json").read_text())["test"]["top1"] == record["test"]["top1"]
+    assert record["speed"]["channels_last"] is True and record["speed"]["amp_bf16"] is False
+
+
+# --------------------------------------------------------------------------- (b) determinism
+
+
+def test_same_seed_gives_identical_metrics_and_weights(reference, data_file, tmp_path):
+    record, folder = reference
+    again = run(make_settings("cnn"), data_file, tmp_path)
+    assert stable(again) == stable(record)
+    assert history_rows(tmp_path) == history_rows(folder)
+    assert_same_weights(weights(tmp_path), weights(folder))
+
+
+def test_cuda_only_switches_do_not_change_cpu_numbers(data_file, tmp_path):
+    on = run(make_settings("fcnn", {"epochs": 2, "amp_bf16": True, "cudnn_benchmark": True}), data_file,
+             tmp_path / "on")
+    off = run(make_settings("fcnn", {"epochs": 2, "amp_bf16": False, "cudnn_benchmark": False}), data_file,
+              tmp_path / "off")
+    assert on["test"] == off["test"] and on["train_loss_last"] == off["train_loss_last"]
+    assert_same_weights(weights(tmp_path / "on"), weights(tmp_path / "off"))
+
+
+# --------------------------------------------------------------------------- (c) kill and resume
+
+KILLABLE = textwrap.dedent("""
+    import json, sys, time
+    from pathlib import Path
+    from cnnrepro import train
+
+    settings = json.loads(Path(sys.argv[1]).read_text())
+    real = train.train_one_epoch
+
+    def slow_epoch(*args, **kwargs):
+        # A pause between training and the checkpoint, so the kill lands inside an unfinished epoch.
+        result = real(*args, **kwargs)
+        time.sleep(float(sys.argv[4]))
+        return result
+
+    train.train_one_epoch = slow_epoch
+    out = Path(sys.argv[3])
+    train.train_run(settings, sys.argv[2], train.RunOutputs(out / "weights.pt", out / "history.csv",
+                    out / "metrics.json", out / "checkpoint.pt"), threads=1)
+""")
+
+
+def _checkpoint_epoch(path: Path) -> int:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)["epoch"]
+    except Exception:  # not written yet
+        return 0
+
+
+def test_killed_run_resumes_to_identical_results(reference, data_file, tmp_path, caplog):
+    record, ref_folder = reference
+    settings = make_settings("cnn")
+    settings_file = tmp_path / "settings.json"
+    settings_file.write_text(json.dumps(settings))
+    script = tmp_path / "killable.py"
+    script.write_text(KILLABLE)
+    folder = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, str(script), str(settings_file), str(data_file), str(folder), "0.6"],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while _checkpoint_epoch(folder / "checkpoint.pt") < 1:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.time() < deadline, "no checkpoint within 60 s"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = _checkpoint_epoch(folder / "checkpoint.pt")
+    assert 1 <= killed_at < 4 and not (folder / "metrics.json").exists()
+    stale = folder / ".checkpoint.pt.leftover.tmp"  # what a kill inside an atomic write leaves behind
+    stale.write_bytes(b"partial")
+
+    caplog.set_level(logging.INFO, logger="cnnrepro.train")
+    resumed = run(settings, data_file, folder)
+    assert f"resuming {settings['run_id']} from the checkpoint after epoch {killed_at}" in caplog.text
+    assert not stale.exists()
+    assert stable(resumed) == stable(record)
+    assert history_rows(folder) == history_rows(ref_folder)
+    assert_same_weights(weights(folder), weights(ref_folder))
+
+
+@pytest.mark.parametrize("bn_frozen", ["train", "eval"])  # BN statistics in the checkpoint / cached features
+def test_head_only_run_resumes_from_a_small_checkpoint(bn_frozen, data_file, tmp_path, monkeypatch):
+    settings = make_settings("resnet18", {"epochs": 3, "batch_size": 64, "optimizer": "sgd", "lr": 0.05,
+                                          "momentum": 0.9, "bn_frozen": bn_frozen}, "head", RGB_INPUT)
+    plain = run(settings, data_file, tmp_path / "plain")
+    real, calls = train.train_one_epoch, []
+
+    def dies_in_epoch_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    folder = tmp_path / "killed"
+    with monkeypatch.context() as patch:
+        patch.setattr(train, "train_one_epoch", dies_in_epoch_3)
+        with pytest.raises(KeyboardInterrupt):
+            run(settings, data_file, folder)
+    ckpt = torch.load(folder / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert ckpt["epoch"] == 2
+    # Only what training changes: the head and the buffers, not the 11M frozen parameters.
+    assert {k for k in ckpt["model"] if not k.startswith("fc.")} == \
+        {k for k in ckpt["model"] if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+    assert {"fc.weight", "fc.bias"} <= ckpt["model"].keys()
+    resumed = run(settings, data_file, folder)
+    assert stable(resumed) == stable(plain)
+    assert history_rows(folder) == history_rows(tmp_path / "plain")
+    assert_same_weights(weights(folder), weights(tmp_path / "plain"))
+
+
+def test_checkpoint_for_other_settings_or_damaged_is_ignored(data_file, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="cnnrepro.train")
+    first = make_settings("fcnn", {"epochs": 2})
+    fresh = run(first, data_file, tmp_path / "fresh")
+    # A checkpoint from a run with another lr must not be resumed from.
+    donor = make_settings("fcnn", {"epochs": 2, "lr": 5e-3})
+    folder = tmp_path / "other"
+
+    def crash(*args, **kwargs):  # the job dies after its last checkpoint, before the metrics
+        raise RuntimeError("crash")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train.io, "write_json", crash)
+        with pytest.raises(RuntimeError, match="crash"):
+            run(donor, data_file, folder)
+    assert (folder / "checkpoint.pt").exists()
+    caplog.clear()
+    again = run(first, data_file, folder)
+    assert "ignoring checkpoint" in caplog.text and "other settings" in caplog.text
+    assert "resuming" not in caplog.text
+    assert stable(again) == stable(fresh)
+    # A damaged checkpoint (e.g. a full disk) is ignored too.
+    (folder / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    caplog.clear()
+    again = run(first, data_file, folder)
+    assert "cannot be read" in caplog.text
+    assert stable(again) == stable(fresh)
+    # So is one whose frozen weights are not this model's (e.g. a replaced weights file).
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train.io, "write_json", crash)
+        with pytest.raises(RuntimeError, match="crash"):
+            run(first, data_file, folder)
+    ckpt = torch.load(folder / "checkpoint.pt", weights_only=False)
+    torch.save({**ckpt, "frozen_digest": "0" * 64}, folder / "checkpoint.pt")
+    caplog.clear()
+    again = run(first, data_file, folder)
+    assert "frozen weights differ" in caplog.text and "resuming" not in caplog.text
+    assert stable(again) == stable(fresh)
+
+
+# --------------------------------------------------------------------------- (d) divergence
+
+
+def test_nan_loss_marks_run_diverged_and_writes_outputs(data_file, tmp_path, monkeypatch):
+    calls = {"train": 0}
+
+    def poisoned(name, num_classes):
+        def criterion(logits, y):
+            loss = F.cross_entropy(logits, y)
+            if torch.is_grad_enabled():  # training batches only; evaluation runs under no_grad
+                calls["train"] += 1
+                if calls["train"] > 8:  # epoch 1 has 8 batches of 32
+                    loss = loss * float("nan")
+            return loss
+        return criterion
+
+    monkeypatch.setattr(train, "loss_fn", poisoned)
+    record = run(make_settings("fcnn", {"epochs": 4}), data_file, tmp_path)
+    assert record["status"] == "diverged" and record["diverged_epoch"] == 2 and record["epochs_run"] == 1
+    for name in ("weights.pt", "history.csv", "metrics.json"):
+        assert (tmp_path / name).is_file()
+    assert not (tmp_path / "checkpoint.pt").exists()
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "diverged"
+    assert len(history_rows(tmp_path)) == 1
+
+
+def test_huge_learning_rate_diverges_without_exception(data_file, tmp_path):
+    record = run(make_settings("fcnn", {"optimizer": "sgd", "lr": 1e30, "epochs": 3}), data_file, tmp_path)
+    assert record["status"] == "diverged"
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "diverged"
+
+
+# --------------------------------------------------------------------------- (e) feature caching
+
+
+@pytest.mark.parametrize("model, size, recipe", [
+    ("resnet18", 32, {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "epochs": 3}),
+    # 48 px gives 2x2 channels_last feature maps, and classifier.0 is an active Dropout(0.5).
+    ("squeezenet1_1", 48, {"optimizer": "adam", "lr": 1e-3, "epochs": 3}),
+])
+def test_feature_cache_trains_the_same_head(model, size, recipe, data_file, tmp_path):
+    recipe = {**recipe, "bn_frozen": "eval"}
+    input_cfg = {**RGB_INPUT, "size": size}
+    cached = run(make_settings(model, {**recipe, "feature_cache": True}, "head", input_cfg), data_file,
+                 tmp_path / "cached")
+    plain = run(make_settings(model, {**recipe, "feature_cache": False}, "head", input_cfg), data_file,
+                tmp_path / "plain")
+    assert cached["speed"]["feature_cache"] is True and plain["speed"]["feature_cache"] is False
+    assert plain["speed"]["feature_cache_reason"] == "recipe.feature_cache is false"
+    assert cached.keys() == plain.keys() and cached["test"].keys() == plain["test"].keys()
+    a, b = weights(tmp_path / "cached"), weights(tmp_path / "plain")
+    reference_model = models.build_model(model, 10, 3, size)
+    assert a.keys() == reference_model.state_dict().keys()  # the full model, trained head inserted
+    head = models.get_spec(model).head
+    for key in a:
+        if key.startswith(head + "."):
+            torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+        else:
+            assert torch.equal(a[key], b[key]), key  # the frozen backbone is untouched
+    trained = [k for k in a if k.startswith(head + ".")]
+    init = {k: reference_model.state_dict()[k] for k in trained}
+    assert any(not torch.allclose(a[k], init[k]) for k in trained)  # the head really trained
+    for x, y in zip(history_rows(tmp_path / "cached"), history_rows(tmp_path / "plain")):
+        for field in ("train_loss", "eval_loss", "train_acc", "eval_acc"):
+            assert math.isclose(float(x[field]), float(y[field]), rel_tol=1e-4, abs_tol=1e-5), field
+    assert abs(cached["test"]["top1"] - plain["test"]["top1"]) <= 1 / 128
+
+
+def test_feature_split_reproduces_each_model():
+    for name, (features, make_head) in train.FEATURE_SPLITS.items():
+        torch.manual_seed(0)
+        model = models.build_model(name, 10, 3, 64).eval()
+        x = torch.randn(2, 3, 64, 64)
+        with torch.no_grad():
+            torch.testing.assert_close(make_head(model)(features(model, x)), model(x))
+
+
+def _plan(model: str, recipe: dict | None = None, freeze: str = "head", augment: str = "none"):
+    settings = make_settings(model, {"bn_frozen": "eval", **(recipe or {})}, freeze, RGB_INPUT, augment)
+    net = models.build_model(model, 10, settings["in_channels"], 32)
+    models.apply_freeze(net, model, settings["trainable"])
+    return train.plan_feature_cache(settings, net)
+
+
+def test_feature_cache_refusal_reasons(monkeypatch):
+    assert _plan("resnet18").use
+    assert _plan("squeezenet1_1", {"bn_frozen": "train"}).use  # it has no BatchNorm
+    assert "BatchNorm runs in train mode" in _plan("resnet18", {"bn_frozen": "train"}).reason
+    assert "augmented (augment: flip)" in _plan("resnet18", augment="flip").reason
+    assert "outside the head" in _plan("resnet18", freeze="none").reason
+    assert _plan("resnet18", {"feature_cache": False}).reason == "recipe.feature_cache is false"
+    assert "no backbone/head split" in _plan("cnn").reason
+    # The KMNIST CNN has Dropout(0.25) inside what would be its backbone.
+    monkeypatch.setitem(train.FEATURE_SPLITS, "cnn", (
+        lambda m, x: m.classifier[:3](torch.flatten(m.features(x), 1)), lambda m: m.classifier[3]))
+    assert "dropout inside the backbone" in _plan("cnn").reason
+
+
+def test_feature_cache_decision_is_logged(data_file, tmp_path, caplog, monkeypatch):
+    caplog.set_level(logging.INFO, logger="cnnrepro.train")
+    recipe = {"epochs": 1, "batch_size": 64}
+    run(make_settings("resnet18", recipe, "head", RGB_INPUT), data_file, tmp_path / "bn")
+    assert "feature cache: off — BatchNorm runs in train mode" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(train, "FEATURE_CACHE_MAX_BYTES", 1000)
+    record = run(make_settings("resnet18", {**recipe, "bn_frozen": "eval"}, "head", RGB_INPUT), data_file,
+                 tmp_path / "budget")
+    assert "feature cache: off — cached features would take" in caplog.text
+    assert record["speed"]["feature_cache"] is False
+
+
+# --------------------------------------------------------------------------- (f) best vs last
+
+
+def test_select_best_and_last_keep_the_right_epoch(data_file, tmp_path):
+    recipe = {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "epochs": 6}
+    best = run(make_settings("fcnn", {**recipe, "select": "best"}), data_file, tmp_path / "best")
+    last = run(make_settings("fcnn", {**recipe, "select": "last"}), data_file, tmp_path / "last")
+    accs = [float(r["eval_acc"]) for r in history_rows(tmp_path / "best")]
+    best_epoch = accs.index(max(accs)) + 1  # the first epoch reaching the maximum (strict improvement)
+    assert best["selected_epoch"] == best_epoch < 6, accs  # a non-trivial choice on this data
+    assert last["selected_epoch"] == 6
+    # A run stopped at the best epoch has exactly the weights "best" kept.
+    short = run(make_settings("fcnn", {**recipe, "epochs": best_epoch, "select": "last"}), data_file,
+                tmp_path / "short")
+    assert_same_weights(weights(tmp_path / "best"), weights(tmp_path / "short"))
+    assert best["test"] == short["test"]
+    assert best["last_epoch"]["test_top1"] == last["test"]["top1"]
+    assert any(not torch.equal(weights(tmp_path / "best")[k], weights(tmp_path / "last")[k])
+               for k in weights(tmp_path / "best"))
+
+
+# --------------------------------------------------------------------------- (g) schedules through train_run
+
+
+def test_plateau_drop_lowers_lr_and_stops(data_file, tmp_path):
+    # Every epoch from the second is "stalled" (threshold 100), so drops follow epochs 2 and 3.
+    recipe = {"schedule": "plateau_drop", "max_epochs": 8, "threshold": 100.0, "patience": 1, "factor": 0.5,
+              "max_drops": 2}
+    record = run(make_settings("fcnn", recipe), data_file, tmp_path)
+    assert record["stop_reason"] == "max_drops" and record["epochs_run"] == 3
+    assert [float(r["lr"]) for r in history_rows(tmp_path)] == [1e-3, 1e-3, 5e-4]
+
+
+def test_keras_plateau_early_stops_and_epoch_cap_holds(data_file, tmp_path):
+    recipe = {"schedule": "keras_plateau", "max_epochs": 8, "monitor": "eval_loss", "stop_patience": 2,
+              "stop_min_delta": 100.0, "reduce_patience": 1, "reduce_min_delta": 100.0, "reduce_factor": 0.1}
+    record = run(make_settings("fcnn", recipe), data_file, tmp_path / "keras")
+    assert record["stop_reason"] == "early_stopping" and record["epochs_run"] == 3
+    lrs = [float(r["lr"]) for r in history_rows(tmp_path / "keras")]
+    assert lrs[:2] == [1e-3, 1e-3] and math.isclose(lrs[2], 1e-4)
+    # A schedule that never stalls ends at the recipe's epoch cap.
+    capped = make_settings("fcnn", {"schedule": "plateau_drop", "max_epochs": 3, "threshold": -100.0})
+    record = run(capped, data_file, tmp_path / "cap")
+    assert record["stop_reason"] == "max_epochs" and record["epochs_run"] == 3
+
+
+# --------------------------------------------------------------------------- speed switches, progress, schema
+
+
+def test_effective_speed_decisions():
+    cpu = train.effective_speed({}, "cpu", has_conv=True)
+    assert cpu == {"channels_last": True, "amp_bf16": False, "cudnn_benchmark": False, "compile": False,
+                   "requested": train.SPEED_DEFAULTS}
+    assert train.effective_speed({}, "cpu", has_conv=False)["channels_last"] is False
+    cuda = train.effective_speed({}, "cuda", has_conv=True, bf16_supported=True)
+    assert cuda["amp_bf16"] and cuda["cudnn_benchmark"] and not cuda["compile"]
+    assert not train.effective_speed({}, "cuda", True, bf16_supported=False)["amp_bf16"]
+    off = train.effective_speed({"amp_bf16": False, "cudnn_benchmark": False, "channels_last": False,
+                                 "compile": True}, "cuda", True)
+    assert off["amp_bf16"] is False and off["cudnn_benchmark"] is False and off["channels_last"] is False
+    assert off["compile"] is True and off["requested"]["compile"] is True
+
+
+def test_progress_bar_draws_only_when_enabled():
+    tty = stdio.StringIO()
+    bar = train.ProgressBar(4, "epoch 1/3", stream=tty, enabled=True, min_interval=0.0)
+    for done in range(1, 5):
+        bar.update(done, lambda: 0.5)
+    bar.close()
+    text = tty.getvalue()
+    assert "epoch 1/3 [" in text and "4/4 loss 0.5000" in text and "ETA" in text
+    assert text.endswith("\r\033[K")
+    piped = stdio.StringIO()  # StringIO.isatty() is False, like a job log
+    bar = train.ProgressBar(4, "epoch 1/3", stream=piped)
+    bar.update(4, lambda: 0.5)
+    bar.close()
+    assert not bar.enabled and piped.getvalue() == ""
+
+
+def test_schema_accepts_new_recipe_keys():
+    recipe = {"lr": 0.1, "feature_cache": False, "channels_last": True, "amp_bf16": False,
+              "cudnn_benchmark": False, "compile": False}
+    config = {"studies": {"unit": {"datasets": ["mnist"], "models": ["cnn"], "recipe": recipe}}}
+    cfgmod.check_schema(copy.deepcopy(config))
+    config["studies"]["unit"]["recipe"]["feature_cache"] = "yes"
+    with pytest.raises(cfgmod.ConfigError, match="feature_cache"):
+        cfgmod.check_schema(config)

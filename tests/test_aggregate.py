@@ -10,7 +10,8 @@ def fake_record(study, dataset, model, freeze="none", variant="base", seed=0, to
         "status": "ok",
         "settings": {"study": study, "dataset": dataset, "model": model, "freeze": freeze, "variant": variant,
                      "seed": seed, "augment": settings.pop("augment", "none"),
-                     "recipe": settings.pop("recipe", {}), "input": {}, "size_unit": settings.pop("size_unit", "MiB")},
+                     "recipe": settings.pop("recipe", {}), "input": {}, "size_unit": settings.pop("size_unit", "MiB"),
+                     "grid": settings.pop("grid", {})},
         "test": {"top1": top1, "loss": 1.0, "macro_f1": sum(f1) / 10, "f1_per_class": f1, "top5": 0.9},
         "eval": {"loss": 0.5, "acc": top1}, "train_loss_first": 2.0, "train_loss_last": 0.25, "train_acc_last": 0.8,
         "train_seconds": 10.0, "params_total": 1234, "params_trainable": 34, "epochs_run": 3, **(extra or {}),
@@ -52,7 +53,9 @@ def test_match_by_run_field_and_templates(tmp_path):
     table = {"file": "t.csv", "match": {"level": {"all": {"freeze": "none"}}, "batch_size": "recipe.batch_size",
                                         "epochs": "recipe.epochs"},
              "metrics": {"f1": "test_f1_by_class.{class}"}}
-    runs = [aggregate.summarize(fake_record("s", "cifar10", "m", recipe={"batch_size": bs, "epochs": 300}))
+    # A limit capped the epochs that ran to 1; rows still select by the configured grid value.
+    runs = [aggregate.summarize(fake_record("s", "cifar10", "m", recipe={"batch_size": bs, "epochs": 1},
+                                            grid={"recipe.batch_size": bs, "recipe.epochs": 300}))
             for bs in (250, 500)]
     frame = aggregate.paper_table(table, "s", runs, tmp_path)
     assert frame["f1_ours"].tolist() == [pytest.approx(0.3), pytest.approx(0.45)]

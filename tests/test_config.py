@@ -49,6 +49,8 @@ def test_limits_cap_epochs_input_and_pretraining(raw_config):
     assert r000["recipe"]["epochs"] == 2 and r000["input"]["size"] == 32 and r000["pretrained"] is False
     r002 = cfg.run_settings(config, cfg.expand_runs(config, ["seed002_squeezenet_dsc"])[0])
     assert r002["recipe"]["max_epochs"] == 2 and r002["input"]["size"] is None
+    r004 = cfg.run_settings(config, cfg.expand_runs(config, ["seed004_squeezenet_transfer_cifar10"])[-1])
+    assert r004["recipe"]["epochs"] == 2 and r004["grid"] == {"recipe.batch_size": 500, "recipe.epochs": 300}
 
 
 def test_defaults_are_filled_from_the_schema(raw_config):

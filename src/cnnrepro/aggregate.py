@@ -33,6 +33,7 @@ def summarize(record: dict, bench_cpu: dict | None = None, bench_gpu: dict | Non
     settings = record["settings"]
     out: dict[str, Any] = {k: settings[k] for k in RUN_FIELDS}
     out.update(status=record.get("status"), augment=settings.get("augment"), recipe=settings.get("recipe", {}),
+               grid=settings.get("grid", {}),
                input=settings.get("input", {}), epochs_run=record.get("epochs_run"),
                train_seconds=record.get("train_seconds"), device_name=record.get("device_name"))
     if record.get("status") == "ok":
@@ -110,9 +111,15 @@ def row_selector(table: dict, row: dict) -> dict[str, Any] | None:
     return selector
 
 
+def run_field(summary: dict, dotted: str) -> Any:
+    """A run's value for a selector field: its configured grid value first (limits may cap what ran)."""
+    grid = summary.get("grid") or {}
+    return grid[dotted] if dotted in grid else cfg.get_path(summary, dotted)
+
+
 def matching(summaries: list[dict], study: str, selector: dict[str, Any]) -> list[dict]:
     return [s for s in summaries if s["study"] == study
-            and all(_same(cfg.get_path(s, k), v) for k, v in selector.items())]
+            and all(_same(run_field(s, k), v) for k, v in selector.items())]
 
 
 def _mean(values: list[float]) -> float | None:

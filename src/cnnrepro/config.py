@@ -200,7 +200,8 @@ def find_run(config: dict, wildcards: dict[str, str]) -> Run:
 def run_settings(config: dict, run: Run) -> dict:
     """Everything one training run needs, resolved from the study, its variant and the limits."""
     study = copy.deepcopy(config["studies"][run.study])
-    for key, value in dict(variants(study))[run.variant].items():
+    grid_values = dict(variants(study))[run.variant]
+    for key, value in grid_values.items():
         _set_path(study, key, value)
     limits = config.get("limits", {})
     recipe = dict(study["recipe"])
@@ -218,6 +219,8 @@ def run_settings(config: dict, run: Run) -> dict:
     return {
         "run_id": run.id,
         **run.wildcards,
+        # The variant's values as configured, before limits cap them: what paper tables select by.
+        "grid": grid_values,
         "seed": run.seed,
         "num_classes": DATASET_CLASSES[run.dataset],
         "in_channels": 3 if input_cfg.get("rgb") else DATASET_CHANNELS[run.dataset],
@@ -247,7 +250,3 @@ def data_settings(config: dict, dataset: str) -> dict:
 def studies_using(config: dict, dataset: str | None = None, model: str | None = None) -> list[str]:
     return [name for name, s in config["studies"].items()
             if (dataset is None or dataset in s["datasets"]) and (model is None or model in s["models"])]
-
-
-def resolve(config: dict, key: str) -> Path:
-    return Path(config[key])

@@ -146,6 +146,14 @@ def _cudnn_benchmark(enabled: bool) -> Iterator[None]:
         torch.backends.cudnn.benchmark = before
 
 
+def _forward_timer(model: nn.Module, x: torch.Tensor, threads: int, sync: Callable[[], None], label: str):
+    """A Timer of one forward pass whose clock synchronises the device before every reading."""
+    from torch.utils.benchmark import Timer
+
+    return Timer(stmt="model(x)", globals={"model": model, "x": x}, num_threads=threads,
+                 timer=_synced_clock(sync), label=label)
+
+
 def _model_device(model: nn.Module) -> torch.device:
     for tensor in model.parameters():
         return tensor.device
@@ -273,7 +281,6 @@ def latency_correct(
     CPU; pass ``sync`` to override). Note that ``Timer.timeit`` itself also runs two untimed calls
     before each timed one. ``num_threads`` None means the current ``torch.get_num_threads()``.
     """
-    from torch.utils.benchmark import Timer
 
     _check_counts(runs, warmup)
     dev = _as_device(device)
@@ -284,13 +291,7 @@ def latency_correct(
         for _ in range(int(warmup)):
             model(x)
         sync()
-        timer = Timer(
-            stmt="model(x)",
-            globals={"model": model, "x": x},
-            num_threads=threads,
-            timer=_synced_clock(sync),
-            label="latency_correct",
-        )
+        timer = _forward_timer(model, x, threads, sync, "latency_correct")
         samples = [timer.timeit(number=1).times[0] for _ in range(int(runs))]
     return {
         **_summary_ms(samples),
@@ -380,7 +381,6 @@ def throughput(
     ``batch_size * runs / total_seconds``. A CUDA out-of-memory at some batch size is recorded as an
     ``error`` for that size instead of failing the whole record.
     """
-    from torch.utils.benchmark import Timer
 
     _check_counts(runs)
     dev = _as_device(device)
@@ -401,13 +401,7 @@ def throughput(
             }
             try:
                 x = torch.randn([bs, *shape], generator=gen).to(dev)
-                timer = Timer(
-                    stmt="model(x)",
-                    globals={"model": model, "x": x},
-                    num_threads=threads,
-                    timer=_synced_clock(sync),
-                    label="throughput",
-                )
+                timer = _forward_timer(model, x, threads, sync, "throughput")
                 seconds = float(timer.timeit(number=int(runs)).mean)
                 rec.update(
                     seconds_per_batch=seconds,

@@ -37,14 +37,21 @@ def _read(path: Path) -> pd.DataFrame:
 
 
 def table_view(frame: pd.DataFrame) -> dict:
-    """Columns and rows ready to print: empty cells become a dash, floats get 4 significant digits."""
-    rows = [[_cell(_number(v)) for v in record] for record in frame.itertuples(index=False)]
-    return {"columns": list(frame.columns), "rows": rows}
+    """Columns and rows ready to print. Cells are shown as read (the papers' digits exactly as printed),
+    except computed numbers, which get 4 significant digits; an empty cell becomes a dash."""
+    columns = list(frame.columns)
+    computed = [not (c.endswith("_paper") or c in ("model", "dataset", "study")) for c in columns]
+    rows = [[_cell(_number(v) if calc else v) for v, calc in zip(record, computed)]
+            for record in frame.itertuples(index=False)]
+    return {"columns": columns, "rows": rows}
 
 
 def _number(value):
+    """A computed cell as a float (integers such as parameter counts stay as they are)."""
+    if value in ("", None) or str(value).lstrip("-").isdigit():
+        return value
     try:
-        return float(value) if value not in ("", None) and not str(value).isdigit() else value
+        return float(value)
     except ValueError:
         return value
 

@@ -16,6 +16,7 @@ def _load(args) -> dict:
 def model_rows(config: dict) -> list[dict]:
     """One row per (model, dataset, freeze level) used by the configured studies, with parameter counts."""
     from cnnrepro import models
+    from cnnrepro.train import build_run_model
 
     rows, seen = [], set()
     for run in cfg.expand_runs(config):
@@ -23,10 +24,7 @@ def model_rows(config: dict) -> list[dict]:
         if key in seen:
             continue
         seen.add(key)
-        settings = cfg.run_settings(config, run)
-        model = models.build_model(run.model, settings["num_classes"], in_channels=settings["in_channels"],
-                                   input_size=settings["input"]["size"], pretrained=False)
-        models.apply_freeze(model, run.model, settings["trainable"])
+        model = build_run_model(cfg.run_settings(config, run), pretrained=False)  # counts need no weights
         rows.append({"model": run.model, "dataset": run.dataset, "freeze": run.freeze,
                      "params": models.count_params(model),
                      "trainable_params": models.count_params(model, trainable_only=True)})

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from cnnrepro import augment, bench, datasets, io, models
+from cnnrepro import bench, datasets, io, models
 from cnnrepro.logs import setup_job_logging
-from cnnrepro.train import RunOutputs, train_run
+from cnnrepro.train import RunOutputs, batch_transform, build_run_model, train_run
 
 log = logging.getLogger("cnnrepro.pipeline")
 
@@ -70,19 +70,15 @@ def train_job(settings: dict, data: str, weights: str, history: str, metrics: st
 
 
 def load_trained_model(settings: dict, weights: str) -> torch.nn.Module:
-    model = models.build_model(settings["model"], settings["num_classes"], in_channels=settings["in_channels"],
-                               input_size=settings["input"]["size"], pretrained=False)
+    model = build_run_model(settings, pretrained=False)  # the trained weights replace everything
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    models.apply_freeze(model, settings["model"], settings["trainable"])
     return model.eval()
 
 
 def paper_inputs(settings: dict, data: str, count: int) -> torch.Tensor:
     """The first ``count`` test images, preprocessed as at evaluation: what the authors timed at batch 1."""
     test = datasets.read_compact(data)["splits"]["test"]
-    spec = {"rgb": settings["input"]["rgb"], "input_size": settings["input"]["size"], "augment": "none",
-            "mean": settings["input"]["mean"], "std": settings["input"]["std"]}
-    transform = augment.build_batch_transform(spec, torch.device("cpu"))
+    transform = batch_transform(settings, torch.device("cpu"), augment_name="none")
     return transform(test["x"][:count], None, False)
 
 

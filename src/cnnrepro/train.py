@@ -174,13 +174,29 @@ def _identity(x: torch.Tensor, generator=None, train: bool = False) -> torch.Ten
     return x
 
 
+def batch_transform(settings: dict, device: torch.device, augment_name: str | None = None):
+    """The run's on-device batch transform (input adaptation, augmentation, normalisation)."""
+    inp = settings["input"]
+    spec = {"rgb": inp["rgb"], "input_size": inp["size"], "augment": augment_name or settings["augment"],
+            "mean": inp["mean"], "std": inp["std"]}
+    return augment.build_batch_transform(spec, device)
+
+
+def build_run_model(settings: dict, pretrained: bool | None = None, weights_dir: str | Path | None = None) -> nn.Module:
+    """The run's model with its freeze level applied (``pretrained`` overrides the settings)."""
+    model = models.build_model(settings["model"], settings["num_classes"], in_channels=settings["in_channels"],
+                               input_size=settings["input"]["size"],
+                               pretrained=settings["pretrained"] if pretrained is None else pretrained,
+                               weights_dir=weights_dir)
+    models.apply_freeze(model, settings["model"], settings["trainable"])
+    return model
+
+
 def build_splits(settings: dict, data: dict, device: torch.device, generator: torch.Generator) -> dict:
     """train / eval / test splits as the study defines them (validation split or test-as-validation)."""
     train_x, train_y = data["splits"]["train"]["x"], data["splits"]["train"]["y"]
     test_x, test_y = data["splits"]["test"]["x"], data["splits"]["test"]["y"]
-    spec = {"rgb": settings["input"]["rgb"], "input_size": settings["input"]["size"],
-            "augment": settings["augment"], "mean": settings["input"]["mean"], "std": settings["input"]["std"]}
-    transform = augment.build_batch_transform(spec, device)
+    transform = batch_transform(settings, device)
     val = None
     if settings["eval_split"] == "val":
         train_idx, val_idx = datasets.stratified_split(train_y, settings["val_fraction"], settings["seed"])
@@ -560,10 +576,7 @@ def train_run(settings: dict, data_path: str | Path, outputs: RunOutputs, weight
 
     data = datasets.read_compact(data_path)
     splits = build_splits(settings, data, device, generator)
-    model = models.build_model(settings["model"], settings["num_classes"], in_channels=settings["in_channels"],
-                               input_size=settings["input"]["size"], pretrained=settings["pretrained"],
-                               weights_dir=weights_dir)
-    models.apply_freeze(model, settings["model"], settings["trainable"])
+    model = build_run_model(settings, weights_dir=weights_dir)
     speed = effective_speed(recipe, device.type, any(isinstance(m, nn.Conv2d) for m in model.modules()),
                             device.type == "cuda" and torch.cuda.is_bf16_supported())
     if device.type == "cuda":

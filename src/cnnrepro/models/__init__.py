@@ -1,40 +1,43 @@
-"""Model zoo: from-scratch CIFAR and KMNIST networks plus torchvision ImageNet models."""
+"""Model zoo: from-scratch CIFAR and KMNIST networks plus torchvision ImageNet models.
 
-from .alexnet_cifar import AlexNetCIFAR
-from .kmnist import FCNN, KMNISTCNN
-from .mobilenet_cifar import MobileNetCIFAR
-from .pretrained import fetch_weights, load_weights, weights_file, weights_url
+Importing this package imports every module in it, and each architecture file registers its models with
+``@register_model``: a new architecture is one new file here, nothing else.
+"""
+
+import importlib
+import pkgutil
+
+from .pretrained import fetch_weights, fetch_weights_file, load_weights, weights_file, weights_url
 from .registry import (
-    MODEL_NAMES,
+    FeatureSplit,
     ModelSpec,
     apply_freeze,
     build_model,
     count_params,
     get_spec,
+    model_names,
+    register_model,
     set_bn_mode,
+    unregister_model,
 )
-from .resnet_cifar import ResNetCIFAR
-from .squeezenet_cifar import Fire, SqueezeNetCIFAR
-from .vgg_cifar import VGGCIFAR
 
 __all__ = [
-    "MODEL_NAMES",
+    "FeatureSplit",
     "ModelSpec",
-    "get_spec",
+    "apply_freeze",
     "build_model",
     "count_params",
-    "apply_freeze",
+    "fetch_weights",
+    "fetch_weights_file",
+    "get_spec",
+    "load_weights",
+    "model_names",
+    "register_model",
     "set_bn_mode",
+    "unregister_model",
     "weights_file",
     "weights_url",
-    "fetch_weights",
-    "load_weights",
-    "AlexNetCIFAR",
-    "FCNN",
-    "Fire",
-    "KMNISTCNN",
-    "MobileNetCIFAR",
-    "ResNetCIFAR",
-    "SqueezeNetCIFAR",
-    "VGGCIFAR",
 ]
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")

@@ -11,6 +11,8 @@ import math
 import torch
 from torch import nn
 
+from .registry import LEGACY_BN_INIT, register_model
+
 HIDDEN = 4096
 
 
@@ -52,3 +54,8 @@ class AlexNetCIFAR(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.features(x), 1))
+
+
+@register_model("alexnet", head="classifier.6", input_size=32, channels=3, options=(LEGACY_BN_INIT,))
+def alexnet_cifar(num_classes: int = 10, in_channels: int = 3, input_size: int = 32) -> AlexNetCIFAR:
+    return AlexNetCIFAR(num_classes, in_channels, input_size)

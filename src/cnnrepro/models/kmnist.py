@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .registry import register_model
+
 
 def _keras_init(model: nn.Module) -> None:
     for module in model.modules():
@@ -68,3 +70,18 @@ class FCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(x, 1))
+
+
+@register_model("cnn", head="classifier.3", input_size=28, channels=1)
+def cnn(num_classes: int = 10, in_channels: int = 1, input_size: int = 28) -> KMNISTCNN:
+    return KMNISTCNN(num_classes, in_channels, input_size, pooling=True)
+
+
+@register_model("cnn_nopool", head="classifier.3", input_size=28, channels=1)
+def cnn_nopool(num_classes: int = 10, in_channels: int = 1, input_size: int = 28) -> KMNISTCNN:
+    return KMNISTCNN(num_classes, in_channels, input_size, pooling=False)
+
+
+@register_model("fcnn", head="classifier.6", input_size=28, channels=1)
+def fcnn(num_classes: int = 10, in_channels: int = 1, input_size: int = 28) -> FCNN:
+    return FCNN(num_classes, in_channels, input_size)

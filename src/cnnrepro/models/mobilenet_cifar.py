@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .registry import LEGACY_BN_INIT, register_model
+
 STEM_CHANNELS = 32
 # (output channels, depthwise stride) of the 13 depthwise-separable blocks.
 BLOCK_LAYOUT = (
@@ -57,3 +59,8 @@ class MobileNetCIFAR(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(self.blocks(self.stem(x)))
         return self.linear(torch.flatten(x, 1))
+
+
+@register_model("mobilenet", head="linear", input_size=32, channels=3, options=(LEGACY_BN_INIT,))
+def mobilenet_cifar(num_classes: int = 10, in_channels: int = 3, input_size: int = 32) -> MobileNetCIFAR:
+    return MobileNetCIFAR(num_classes, in_channels)

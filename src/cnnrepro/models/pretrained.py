@@ -1,4 +1,4 @@
-"""torchvision ImageNet models with a new classifier head, and offline handling of their weights.
+"""Offline handling of the ImageNet weights of the torchvision models (see imagenet.py).
 
 Weights are fetched once (``fetch_weights``, needs internet) into a weights directory and are
 afterwards only read from there, so training jobs never touch the network.
@@ -8,19 +8,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 
-# torchvision weight enum members used by the studies. IMAGENET1K_V1 everywhere: it is what
-# the old `pretrained=True` gave (torchvision's DEFAULT for ResNet50 is the different V2).
-PRETRAINED_WEIGHTS: dict[str, str] = {
-    "resnet18": "ResNet18_Weights.IMAGENET1K_V1",
-    "resnet34": "ResNet34_Weights.IMAGENET1K_V1",
-    "resnet50": "ResNet50_Weights.IMAGENET1K_V1",
-    "squeezenet1_1": "SqueezeNet1_1_Weights.IMAGENET1K_V1",
-}
+from .registry import get_spec
+
 
 def _tvm():
     # Imported on first use: torchvision.models costs ~2 s, which every CIFAR/KMNIST job would pay.
@@ -29,27 +22,16 @@ def _tvm():
     return tvm
 
 
-def _constructor(name: str) -> Callable[..., nn.Module]:
-    return getattr(_tvm(), name)
-
-# Dotted path of the module that build_torchvision replaces with a fresh num_classes head.
-HEADS: dict[str, str] = {
-    "resnet18": "fc",
-    "resnet34": "fc",
-    "resnet50": "fc",
-    "squeezenet1_1": "classifier.1",
-}
-
-
-def _check_name(name: str) -> None:
-    if name not in PRETRAINED_WEIGHTS:
-        raise KeyError(f"no pretrained weights for model {name!r}; available: {', '.join(PRETRAINED_WEIGHTS)}")
+def _weights_enum(name: str) -> str:
+    weights = get_spec(name).pretrained_weights
+    if weights is None:
+        raise KeyError(f"model {name!r} has no pretrained weights")
+    return weights
 
 
 def weights_url(name: str) -> str:
     """Download URL of the ImageNet weights for ``name``."""
-    _check_name(name)
-    return _tvm().get_weight(PRETRAINED_WEIGHTS[name]).url
+    return _tvm().get_weight(_weights_enum(name)).url
 
 
 def weights_file(name: str, weights_dir: str | os.PathLike) -> Path:
@@ -93,28 +75,11 @@ def load_weights(name: str, weights_dir: str | os.PathLike) -> dict[str, torch.T
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def replace_head(model: nn.Module, name: str, num_classes: int) -> None:
-    """Swap the ImageNet classifier for a freshly initialised one with ``num_classes`` outputs."""
-    if HEADS[name] == "fc":
-        model.fc = nn.Linear(model.fc.in_features, num_classes)
-    else:
-        # SqueezeNet v1.1: Dropout(0.5) → conv10 → ReLU → global pool; only conv10 is replaced.
-        model.classifier[1] = nn.Conv2d(model.classifier[1].in_channels, num_classes, kernel_size=1)
-        model.num_classes = num_classes
+def fetch_weights_file(file_name: str, weights_dir: str | os.PathLike) -> Path:
+    """Fetch the weights whose torchvision file name is ``file_name`` (what the fetch_weights rule is asked for)."""
+    from .registry import model_names
 
-
-def build_torchvision(
-    name: str,
-    num_classes: int,
-    pretrained: bool = False,
-    weights_dir: str | os.PathLike | None = None,
-) -> nn.Module:
-    """torchvision ``name`` (1000-class ImageNet layout), optionally with ImageNet weights, new head."""
-    _check_name(name)
-    model = _constructor(name)(weights=None)
-    if pretrained:
-        if weights_dir is None:
-            raise ValueError(f"pretrained=True for {name!r} needs weights_dir (weights are loaded offline)")
-        model.load_state_dict(load_weights(name, weights_dir))
-    replace_head(model, name, num_classes)
-    return model
+    for name in model_names():
+        if get_spec(name).pretrained_weights and weights_file(name, weights_dir).name == file_name:
+            return fetch_weights(name, weights_dir)
+    raise ValueError(f"no registered model's pretrained weights are called {file_name}")

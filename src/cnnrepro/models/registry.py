@@ -1,4 +1,11 @@
-"""One place that knows every model by name: how to build it, where its head is, how to freeze it."""
+"""One registration per model (timm-style): each architecture file decorates its builders.
+
+A registration says everything the rest of the package needs about a model: how to build it, its
+native input size and channels, where its head is, its ImageNet weights (if any), the
+backbone/head split that feature caching uses, and the options its builder accepts. The config
+schema's list of model names is derived from here, so adding a model is one file plus one
+``@register_model``.
+"""
 
 from __future__ import annotations
 
@@ -6,84 +13,74 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .alexnet_cifar import AlexNetCIFAR
-from .kmnist import FCNN, KMNISTCNN
-from .mobilenet_cifar import MobileNetCIFAR
-from .pretrained import HEADS, PRETRAINED_WEIGHTS, build_torchvision
-from .resnet_cifar import resnet18_cifar
-from .squeezenet_cifar import squeezenet_cifar, squeezenet_dsc_cifar
-from .vgg_cifar import vgg19_cifar
+
+@dataclass(frozen=True)
+class FeatureSplit:
+    """``model(x) == head(model)(features(model, x))`` exactly: what feature caching relies on."""
+
+    features: Callable[[nn.Module, torch.Tensor], torch.Tensor]
+    head: Callable[[nn.Module], nn.Module]
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    family: str
+    # (num_classes, in_channels, input_size, **options) -> model; a pretrained model's builder also takes
+    # ``imagenet_state``: the 1000-class ImageNet state dict to load before the head is replaced, or None.
+    builder: Callable[..., nn.Module]
     head: str  # dotted module path of the classifier a fresh model trains / a pretrained one replaces
-    pretrained_weights: str | None  # torchvision weight enum member, e.g. "ResNet18_Weights.IMAGENET1K_V1"
-    expects_rgb: bool
-    native_input_size: int | None
+    input_size: int  # native input side in pixels
+    channels: int  # native input channels
+    pretrained_weights: str | None = None  # torchvision weight enum member, e.g. "ResNet18_Weights.IMAGENET1K_V1"
+    feature_split: FeatureSplit | None = None
     options: tuple[str, ...] = ()  # keys accepted by build_model(options=...)
 
 
-# PyTorch ≤0.3 (what seed 002 ran on) initialised BN γ ~ U(0, 1) instead of 1; conv and linear
-# default inits are unchanged since then, so this flag is the only difference.
-_LEGACY_BN = ("legacy_bn_init",)
+# An option build_model handles for any model that lists it: PyTorch ≤0.3's BatchNorm init (γ ~ U(0, 1)
+# instead of 1), which seed 002 ran on; conv and linear default inits are unchanged since then.
+LEGACY_BN_INIT = "legacy_bn_init"
+
+_REGISTRY: dict[str, ModelSpec] = {}
 
 
-def _tv(name: str, family: str) -> ModelSpec:
-    return ModelSpec(name, family, HEADS[name], PRETRAINED_WEIGHTS[name], True, 224)
+def register_model(name: str, *, head: str, input_size: int, channels: int, pretrained_weights: str | None = None,
+                   feature_split: FeatureSplit | None = None, options: Sequence[str] = ()):
+    """Decorator: register ``builder`` under ``name``. A name can be registered once."""
+
+    def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is already registered (by {_REGISTRY[name].builder.__module__})")
+        _REGISTRY[name] = ModelSpec(name, builder, head, input_size, channels, pretrained_weights, feature_split,
+                                    tuple(options))
+        return builder
+
+    return decorate
 
 
-_SPECS: dict[str, ModelSpec] = {
-    spec.name: spec
-    for spec in (
-        ModelSpec("squeezenet", "squeezenet_cifar", "classifier", None, True, 32, _LEGACY_BN),
-        ModelSpec("squeezenet_dsc", "squeezenet_cifar", "classifier", None, True, 32,
-                  _LEGACY_BN + ("dsc_final_relu",)),
-        ModelSpec("mobilenet", "mobilenet_cifar", "linear", None, True, 32, _LEGACY_BN),
-        ModelSpec("alexnet", "alexnet_cifar", "classifier.6", None, True, 32, _LEGACY_BN),
-        ModelSpec("vgg19", "vgg_cifar", "classifier", None, True, 32, _LEGACY_BN),
-        ModelSpec("resnet18_cifar", "resnet_cifar", "linear", None, True, 32),
-        ModelSpec("cnn", "kmnist", "classifier.3", None, False, 28),
-        ModelSpec("cnn_nopool", "kmnist", "classifier.3", None, False, 28),
-        ModelSpec("fcnn", "kmnist", "classifier.6", None, False, 28),
-        _tv("resnet18", "torchvision_resnet"),
-        _tv("resnet34", "torchvision_resnet"),
-        _tv("resnet50", "torchvision_resnet"),
-        _tv("squeezenet1_1", "torchvision_squeezenet"),
-    )
-}  # fmt: skip
-MODEL_NAMES: tuple[str, ...] = tuple(_SPECS)
+def unregister_model(name: str) -> None:
+    """Remove a registration (tests that register a toy model clean up with this)."""
+    _REGISTRY.pop(name, None)
 
-# From-scratch builders: (num_classes, in_channels, input_size, **options) -> model.
-_SCRATCH_BUILDERS: dict[str, Callable[..., nn.Module]] = {
-    "squeezenet": lambda c, ch, size: squeezenet_cifar(c, ch),
-    "squeezenet_dsc": lambda c, ch, size, dsc_final_relu=False: squeezenet_dsc_cifar(c, ch, dsc_final_relu),
-    "mobilenet": lambda c, ch, size: MobileNetCIFAR(c, ch),
-    "alexnet": lambda c, ch, size: AlexNetCIFAR(c, ch, size),
-    "vgg19": lambda c, ch, size: vgg19_cifar(c, ch, size),
-    "resnet18_cifar": lambda c, ch, size: resnet18_cifar(c, ch),
-    "cnn": lambda c, ch, size: KMNISTCNN(c, ch, size, pooling=True),
-    "cnn_nopool": lambda c, ch, size: KMNISTCNN(c, ch, size, pooling=False),
-    "fcnn": lambda c, ch, size: FCNN(c, ch, size),
-}
+
+def model_names() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
 
 
 def get_spec(name: str) -> ModelSpec:
     try:
-        return _SPECS[name]
+        return _REGISTRY[name]
     except KeyError:
-        raise KeyError(f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}") from None
+        raise KeyError(f"unknown model {name!r}; valid names: {', '.join(_REGISTRY)}") from None
 
 
 def build_model(
     name: str,
     num_classes: int,
-    in_channels: int = 3,
+    in_channels: int | None = None,
     input_size: int | None = None,
     pretrained: bool = False,
     weights_dir: str | os.PathLike | None = None,
@@ -91,9 +88,9 @@ def build_model(
 ) -> nn.Module:
     """Build model ``name`` with a ``num_classes`` head.
 
-    ``input_size`` (default: the spec's native size) only sizes the FC layers of the from-scratch
-    models. With ``pretrained=True`` the ImageNet weights are read from ``weights_dir`` (never
-    downloaded) before the head is replaced.
+    ``in_channels`` and ``input_size`` default to the registration's native values (``input_size`` only
+    sizes the FC layers of the from-scratch models). With ``pretrained=True`` the ImageNet weights are
+    read from ``weights_dir`` (never downloaded) before the head is replaced.
     """
     spec = get_spec(name)
     opts = dict(options or {})
@@ -103,17 +100,24 @@ def build_model(
             raise ValueError(f"unknown option {key!r} for model {name!r}; accepted options: {accepted}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
-    legacy_bn_init = bool(opts.pop("legacy_bn_init", False))
+    legacy_bn_init = bool(opts.pop(LEGACY_BN_INIT, False))
+    in_channels = spec.channels if in_channels is None else in_channels
+    size = spec.input_size if input_size is None else input_size
 
     if spec.pretrained_weights is not None:
-        if in_channels != 3:
-            raise ValueError(f"{name!r} takes 3-channel input; convert grey images to RGB in the data path")
-        model = build_torchvision(name, num_classes, pretrained, weights_dir)
+        if in_channels != spec.channels:
+            raise ValueError(f"{name!r} takes {spec.channels}-channel input; convert the images in the data path "
+                             "(input.rgb: true)")
+        from .pretrained import load_weights
+
+        if pretrained and weights_dir is None:
+            raise ValueError(f"pretrained=True for {name!r} needs weights_dir (weights are loaded offline)")
+        state = load_weights(name, weights_dir) if pretrained else None
+        model = spec.builder(num_classes, in_channels, size, imagenet_state=state, **opts)
     else:
         if pretrained:
             raise ValueError(f"model {name!r} has no pretrained weights; it is trained from scratch")
-        size = input_size if input_size is not None else spec.native_input_size
-        model = _SCRATCH_BUILDERS[name](num_classes, in_channels, size, **opts)
+        model = spec.builder(num_classes, in_channels, size, **opts)
 
     if legacy_bn_init:
         for module in model.modules():

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .registry import register_model
+
 
 class BasicBlock(nn.Module):
     """Two 3×3 convs with BN; a 1×1 projection shortcut whenever the shape changes."""
@@ -59,5 +61,6 @@ class ResNetCIFAR(nn.Module):
         return self.linear(torch.flatten(self.pool(x), 1))
 
 
-def resnet18_cifar(num_classes: int = 10, in_channels: int = 3) -> ResNetCIFAR:
+@register_model("resnet18_cifar", head="linear", input_size=32, channels=3)
+def resnet18_cifar(num_classes: int = 10, in_channels: int = 3, input_size: int = 32) -> ResNetCIFAR:
     return ResNetCIFAR((2, 2, 2, 2), num_classes, in_channels)

@@ -1,6 +1,6 @@
 """SqueezeNet and SqueezeNet-DSC for 32×32 CIFAR images (seed 002, models 002-A and 002-B).
 
-Layout as in models.md: a 3×3 stem conv without BN, Fire modules with BN after every conv, and a
+Layout as in the authors' code (ags5/DL2017.2): a 3×3 stem conv without BN, Fire modules with BN after every conv, and a
 1×1 conv classifier followed by BN and ReLU (so the logits are averages of non-negative maps).
 """
 
@@ -10,6 +10,8 @@ import math
 
 import torch
 from torch import nn
+
+from .registry import LEGACY_BN_INIT, register_model
 
 # One entry per Fire module: (squeeze, expand1x1, expand3x3). "M" is a 2×2 max pool.
 FIRE_LAYOUT = (
@@ -129,11 +131,14 @@ class SqueezeNetCIFAR(nn.Module):
         return torch.flatten(self.pool(x), 1)
 
 
-def squeezenet_cifar(num_classes: int = 10, in_channels: int = 3) -> SqueezeNetCIFAR:
+@register_model("squeezenet", head="classifier", input_size=32, channels=3, options=(LEGACY_BN_INIT,))
+def squeezenet_cifar(num_classes: int = 10, in_channels: int = 3, input_size: int = 32) -> SqueezeNetCIFAR:
     return SqueezeNetCIFAR(num_classes, in_channels)
 
 
+@register_model("squeezenet_dsc", head="classifier", input_size=32, channels=3,
+                options=(LEGACY_BN_INIT, "dsc_final_relu"))
 def squeezenet_dsc_cifar(
-    num_classes: int = 10, in_channels: int = 3, dsc_final_relu: bool = False
+    num_classes: int = 10, in_channels: int = 3, input_size: int = 32, dsc_final_relu: bool = False
 ) -> SqueezeNetCIFAR:
     return SqueezeNetCIFAR(num_classes, in_channels, depthwise_separable=True, dsc_final_relu=dsc_final_relu)

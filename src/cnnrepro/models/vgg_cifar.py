@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .registry import LEGACY_BN_INIT, register_model
+
 # Conv output channels; "M" is a 2×2 max pool.
 VGG19_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
                 512, 512, 512, 512, "M", 512, 512, 512, 512, "M")  # fmt: skip
@@ -36,5 +38,6 @@ class VGGCIFAR(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
+@register_model("vgg19", head="classifier", input_size=32, channels=3, options=(LEGACY_BN_INIT,))
 def vgg19_cifar(num_classes: int = 10, in_channels: int = 3, input_size: int = 32) -> VGGCIFAR:
     return VGGCIFAR(num_classes, in_channels, input_size, VGG19_LAYOUT)

@@ -1,0 +1,64 @@
+"""torchvision ImageNet models (ResNet18/34/50, SqueezeNet 1.1) with a new classifier head.
+
+Weights are IMAGENET1K_V1 everywhere: what the old ``pretrained=True`` gave (torchvision's DEFAULT for
+ResNet50 is the different V2). They are read offline by ``build_model`` (see pretrained.py).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .registry import FeatureSplit, register_model
+
+
+def _tvm():
+    # Imported on first use: torchvision.models costs ~2 s, which every CIFAR/KMNIST job would pay.
+    import torchvision.models as tvm
+
+    return tvm
+
+
+
+def _resnet_features(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    # torchvision ResNet.forward up to avgpool + flatten; fc is the head.
+    x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
+    x = m.layer4(m.layer3(m.layer2(m.layer1(x))))
+    return torch.flatten(m.avgpool(x), 1)
+
+
+RESNET_SPLIT = FeatureSplit(_resnet_features, lambda m: m.fc)
+# Dropout -> conv10 -> ReLU -> pool, then SqueezeNet.forward's flatten. The dropout stays in the head, so it
+# draws from the same global RNG stream on cached features as on the full model.
+SQUEEZENET_SPLIT = FeatureSplit(lambda m, x: m.features(x), lambda m: nn.Sequential(m.classifier, nn.Flatten(1)))
+
+
+def _imagenet_model(constructor: str, imagenet_state: dict | None) -> nn.Module:
+    model = getattr(_tvm(), constructor)(weights=None)
+    if imagenet_state is not None:
+        model.load_state_dict(imagenet_state)
+    return model
+
+
+def _register_resnet(name: str, weights: str) -> None:
+    @register_model(name, head="fc", input_size=224, channels=3, pretrained_weights=weights,
+                    feature_split=RESNET_SPLIT)
+    def build(num_classes: int, in_channels: int = 3, input_size: int = 224, imagenet_state=None) -> nn.Module:
+        model = _imagenet_model(name, imagenet_state)
+        model.fc = nn.Linear(model.fc.in_features, num_classes)
+        return model
+
+
+for _name, _weights in (("resnet18", "ResNet18_Weights.IMAGENET1K_V1"), ("resnet34", "ResNet34_Weights.IMAGENET1K_V1"),
+                        ("resnet50", "ResNet50_Weights.IMAGENET1K_V1")):
+    _register_resnet(_name, _weights)
+
+
+@register_model("squeezenet1_1", head="classifier.1", input_size=224, channels=3,
+                pretrained_weights="SqueezeNet1_1_Weights.IMAGENET1K_V1", feature_split=SQUEEZENET_SPLIT)
+def squeezenet1_1(num_classes: int, in_channels: int = 3, input_size: int = 224, imagenet_state=None) -> nn.Module:
+    model = _imagenet_model("squeezenet1_1", imagenet_state)
+    # Dropout(0.5) → conv10 → ReLU → global pool; only conv10 is replaced.
+    model.classifier[1] = nn.Conv2d(model.classifier[1].in_channels, num_classes, kernel_size=1)
+    model.num_classes = num_classes
+    return model

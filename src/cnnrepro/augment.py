@@ -9,7 +9,7 @@ output.  There are no PIL calls and no per-sample Python loops.
 Generators must live on the same device as the data (a CUDA generator for
 CUDA tensors); random numbers are created with ``device=x.device``.
 
-Study mapping (see ``shared/spec/studies.md``):
+Study mapping (the studies' recipes as configured in config.yaml):
 
 * seed 000: grey -> 3 channels, bilinear resize 28 -> 224, ImageNet
   normalisation, no augmentation.
@@ -24,13 +24,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
-    "AUGMENT_NAMES",
+    "AUGMENTATIONS",
+    "Augmentation",
     "random_crop",
     "random_hflip",
     "keras_affine",
@@ -41,10 +43,32 @@ __all__ = [
     "build_batch_transform",
 ]
 
-#: Augmentation names accepted by :func:`build_batch_transform`.
-#: ``"kmnist10x"`` is an offline expansion (see :func:`augment_copies`) and is
-#: therefore a no-op per batch.
-AUGMENT_NAMES = ("none", "crop_flip", "flip", "kmnist10x")
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """One named augmentation: random draws per training batch, or a fixed set made once (or neither).
+
+    ``copies`` is the expansion factor of a fixed set; the config's ``limits.augment_copies`` overrides it.
+    """
+
+    crop: bool = False  # RandomCrop(padding) per batch
+    flip: bool = False  # RandomHorizontalFlip per batch
+    copies: int | None = None  # offline expansion with :func:`augment_copies` (Keras ImageDataGenerator)
+
+    @property
+    def per_batch(self) -> bool:
+        """Whether each epoch sees differently augmented images (which rules out caching features)."""
+        return self.crop or self.flip
+
+
+#: The names a study's ``augment`` accepts (the config schema's list is read from here).
+AUGMENTATIONS: dict[str, Augmentation] = {
+    "none": Augmentation(),
+    "crop_flip": Augmentation(crop=True, flip=True),  # seed 002's code
+    "flip": Augmentation(flip=True),  # seed 002's text
+    "kmnist10x": Augmentation(copies=10),  # seed 003
+}
 
 _FILL_MODES = {"nearest": "border", "constant": "zeros", "reflect": "reflection"}
 
@@ -324,8 +348,8 @@ def normalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
 def build_batch_transform(spec: dict, device) -> Callable[..., Tensor]:
     """Compose the per-batch pipeline described by ``spec``.
 
-    Keys: ``rgb`` (bool), ``input_size`` (int or None), ``augment`` (one of
-    :data:`AUGMENT_NAMES`), ``crop_padding`` (default 4, in pixels of the
+    Keys: ``rgb`` (bool), ``input_size`` (int or None), ``augment`` (a name in
+    :data:`AUGMENTATIONS`), ``crop_padding`` (default 4, in pixels of the
     input resolution, i.e. after resizing), ``mean``/``std`` (sequences; None
     or empty means no normalisation).
 
@@ -336,12 +360,13 @@ def build_batch_transform(spec: dict, device) -> Callable[..., Tensor]:
     channel identically, the grey -> RGB replication is applied just before
     normalisation, which is numerically identical and 3x cheaper.  Evaluation
     (``train=False``) is deterministic and draws no random numbers; its
-    ``generator`` may be None.  ``"kmnist10x"`` is handled offline by
-    :func:`augment_copies` and is a no-op here.
+    ``generator`` may be None.  An expansion made once (``copies``, e.g.
+    ``"kmnist10x"``) is applied offline by :func:`augment_copies` and is a no-op here.
     """
     augment = spec.get("augment", "none") or "none"
-    if augment not in AUGMENT_NAMES:
-        raise ValueError(f"unknown augment {augment!r}; valid names: {', '.join(AUGMENT_NAMES)}")
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"unknown augment {augment!r}; valid names: {', '.join(AUGMENTATIONS)}")
+    aug = AUGMENTATIONS[augment]
     rgb = bool(spec.get("rgb", False))
     input_size = spec.get("input_size")
     padding = int(spec.get("crop_padding", 4))
@@ -362,12 +387,13 @@ def build_batch_transform(spec: dict, device) -> Callable[..., Tensor]:
         x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
         if input_size:
             x = resize(x, input_size)
-        if train and augment in ("crop_flip", "flip"):
+        if train and aug.per_batch:
             if generator is None:
                 raise ValueError("a generator is required for training-time augmentation")
-            if augment == "crop_flip":
+            if aug.crop:
                 x = random_crop(x, padding, generator)
-            x = random_hflip(x, generator)
+            if aug.flip:
+                x = random_hflip(x, generator)
         if rgb:
             x = to_rgb(x)
         if do_norm:

@@ -8,6 +8,7 @@ the study has no grid.
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +18,6 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
-DATASET_CLASSES = {"mnist": 10, "kmnist": 10, "cifar10": 10, "cifar100": 100}
-DATASET_CHANNELS = {"mnist": 1, "kmnist": 1, "cifar10": 3, "cifar100": 3}
 GRID_PREFIXES = ("recipe.", "input.")
 GRID_KEYS = ("augment", "pretrained", "eval_split")
 
@@ -69,20 +68,57 @@ def _field_path(parts: Iterable[Any]) -> str:
     return text or "<top level>"
 
 
-def check_schema(config: dict, schema_path: str | Path = SCHEMA_PATH) -> None:
-    """Raise ConfigError naming the first offending field, in words a user can act on."""
+def load_schema(schema_path: str | Path = SCHEMA_PATH) -> dict:
+    """The config schema, with the model, dataset and augmentation names taken from their registrations
+    (read at each call, so a model registered at run time is a valid name)."""
+    from cnnrepro import augment, datasets, models
+
+    schema = copy.deepcopy(_schema_file(str(schema_path)))
+    names = {"model_name": models.model_names(), "dataset_name": tuple(datasets.DATASETS),
+             "augment_name": tuple(augment.AUGMENTATIONS)}
+    for definition, values in names.items():
+        schema["definitions"][definition]["enum"] = list(values)
+    return schema
+
+
+@functools.lru_cache(maxsize=None)
+def _schema_file(path: str) -> dict:
+    return load_yaml(path)
+
+
+def _validator(schema: dict):
+    """A validator that fills each missing property's ``default`` as it walks the instance.
+
+    Defaults are set before the properties are checked, so a default object (``data: {}``) gets its own
+    defaults filled too, and ``if``/``then`` branches (per optimizer, per schedule) add theirs.
+    """
     import jsonschema
 
-    schema = load_yaml(schema_path)
-    validator_cls = jsonschema.validators.validator_for(schema)
-    errors = list(validator_cls(schema).iter_errors(config))
+    base = jsonschema.validators.validator_for(schema)
+    check_properties = base.VALIDATORS["properties"]
+
+    def properties_with_defaults(validator, properties, instance, subschema):
+        if validator.is_type(instance, "object"):
+            for key, sub in properties.items():
+                if key not in instance and isinstance(sub, dict) and "default" in sub:
+                    instance[key] = copy.deepcopy(sub["default"])
+        yield from check_properties(validator, properties, instance, subschema)
+
+    return jsonschema.validators.extend(base, {"properties": properties_with_defaults})(schema)
+
+
+def _check_against(instance: Any, schema: dict, where: str = "") -> None:
+    """Validate (filling defaults in place); raise ConfigError naming the first offending field."""
+    import jsonschema
+
+    errors = list(_validator(schema).iter_errors(instance))
     if not errors:
         return
     error = jsonschema.exceptions.best_match(errors)
     # oneOf errors hide the real cause in their context; show the deepest one.
     while error.context:
         error = jsonschema.exceptions.best_match(error.context)
-    field = _field_path(error.absolute_path)
+    field = _field_path([where, *error.absolute_path] if where else error.absolute_path)
     hint = ""
     if error.validator == "additionalProperties":
         hint = " (a misspelt or unknown key: see workflow/schemas/config.schema.yaml for the valid keys)"
@@ -92,11 +128,10 @@ def check_schema(config: dict, schema_path: str | Path = SCHEMA_PATH) -> None:
 
 
 def validate(config: dict, schema_path: str | Path = SCHEMA_PATH) -> dict:
-    """Check ``config`` against the schema, fill its defaults in place, then check what the schema cannot."""
-    check_schema(config, schema_path)
-    from snakemake.utils import validate as snakemake_validate
-
-    snakemake_validate(config, str(schema_path), set_default=True)
+    """Check ``config`` against the schema in one pass that fills its defaults in place, then check what
+    the schema cannot (names defined elsewhere in the config, files). Recipes are checked per run
+    (:func:`run_settings`), after grid values are applied."""
+    _check_against(config, load_schema(schema_path))
     check_semantics(config)
     return config
 
@@ -105,38 +140,63 @@ def load_config(path: str | Path = "config.yaml", overlays: Iterable[str | Path]
     config = load_yaml(path)
     for overlay in overlays:
         config = deep_merge(config, load_yaml(overlay))
-    return validate(config)
+    validate(config)
+    settings_by_run(config)  # every run's recipe is checked before anything runs
+    return config
+
+
+def normalizations(config: dict) -> dict[str, dict]:
+    """Every normalisation a study can name: ``unit`` (pixels / 255 only, as the Keras studies), each dataset's
+    own statistics under its name, then the config's named ones."""
+    from cnnrepro.datasets import DATASETS
+
+    named = {name: {"mean": list(info.mean), "std": list(info.std)} for name, info in DATASETS.items()}
+    return {"unit": {"mean": [], "std": []}, **named, **config["normalization"]}
+
+
+def paper_table_path(config: dict, table: dict) -> Path:
+    """A study table's paper CSV: a bare file name lives in ``paper_tables_dir``; a path with a '/'
+    (relative to the working directory, or absolute) is used as given, so a study can keep its own tables."""
+    file = table["file"]
+    return Path(file) if "/" in file else Path(config["paper_tables_dir"]) / file
 
 
 def check_semantics(config: dict) -> None:
-    levels = config.get("freeze_levels", {})
-    norms = config.get("normalization", {})
-    tables_dir = Path(config.get("paper_tables_dir", "paper_tables"))
+    """What the schema cannot check: names defined elsewhere in the config, and files."""
+    levels = config["freeze_levels"]
+    norms = normalizations(config)
+    tables_dir = Path(config["paper_tables_dir"])
+    table_names: dict[str, str] = {}  # output file name -> the field that claimed it first
     for name, study in config["studies"].items():
         where = f"studies.{name}"
-        for i, level in enumerate(study.get("freeze", [])):
+        for i, level in enumerate(study["freeze"]):
             if level not in levels:
                 raise ConfigError(f"config error at '{where}.freeze[{i}]': unknown freeze level '{level}'; "
                                   f"defined levels: {', '.join(levels)}. Define it under 'freeze_levels'.")
-        norm = study.get("input", {}).get("normalization", "unit")
+        norm = study["input"]["normalization"]
         if norm not in norms:
             raise ConfigError(f"config error at '{where}.input.normalization': unknown normalization "
                               f"'{norm}'; defined: {', '.join(norms)}. Define it under 'normalization'.")
-        for key in study.get("grid", {}):
+        for key in study["grid"]:
             if key not in GRID_KEYS and not key.startswith(GRID_PREFIXES):
                 raise ConfigError(f"config error at '{where}.grid.{key}': a grid axis must be one of "
                                   f"{', '.join(GRID_KEYS)} or start with {' or '.join(GRID_PREFIXES)}")
         for i, table in enumerate(study.get("tables", [])):
-            if not (tables_dir / table["file"]).is_file():
-                raise ConfigError(f"config error at '{where}.tables[{i}].file': {tables_dir / table['file']} "
-                                  f"does not exist; paper tables live in '{tables_dir}/'")
-        if "recipe" in study and "lr" not in study["recipe"]:
-            raise ConfigError(f"config error at '{where}.recipe.lr': a learning rate is required")
-    for dataset, override in config.get("data", {}).get("datasets", {}).items():
-        source = override.get("source", config["data"]["source"])
-        if source == "npz" and "npz" not in override:
+            path, field = paper_table_path(config, table), f"{where}.tables[{i}].file"
+            if not path.is_file():
+                raise ConfigError(f"config error at '{field}': {path} does not exist; a bare file name is looked "
+                                  f"up in '{tables_dir}/', a path with a '/' is used as given")
+            # Each table is written to tables/<file name>, so two with one name would overwrite each other.
+            if path.name in table_names:
+                raise ConfigError(f"config error at '{field}': '{table['file']}' has the same file name as "
+                                  f"{table_names[path.name]}; both would be written to tables/{path.name}. "
+                                  "Rename one of the CSVs.")
+            table_names[path.name] = f"'{field}' ({path})"
+    for dataset, override in config["data"]["datasets"].items():
+        source = override.get("source", config["data"]["source"])  # an override names only what it changes
+        if source == "npz" and not override["npz"]:
             raise ConfigError(f"config error at 'data.datasets.{dataset}.npz': source npz needs "
-                              "{train: path, test: path}")
+                              "{train: path, test: path} (test may be left out with split_test_from_train)")
 
 
 def get_path(settings: dict, dotted: str) -> Any:
@@ -158,7 +218,7 @@ def _set_path(settings: dict, dotted: str, value: Any) -> None:
 
 def variants(study: dict) -> list[tuple[str, dict[str, Any]]]:
     """Every combination of the study's grid, as (variant id, {setting: value})."""
-    grid = study.get("grid") or {}
+    grid = study["grid"]
     if not grid:
         return [("base", {})]
     keys = list(grid)
@@ -171,7 +231,7 @@ def variants(study: dict) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _excluded(study: dict, fields: dict[str, Any]) -> bool:
-    return any(all(fields.get(k) == v for k, v in rule.items()) for rule in study.get("exclude", []))
+    return any(all(fields.get(k) == v for k, v in rule.items()) for rule in study["exclude"])
 
 
 def expand_runs(config: dict, studies: Iterable[str] | None = None) -> list[Run]:
@@ -180,8 +240,7 @@ def expand_runs(config: dict, studies: Iterable[str] | None = None) -> list[Run]
         if studies is not None and name not in studies:
             continue
         for dataset, model, freeze, (variant, combo), seed in itertools.product(
-            study["datasets"], study["models"], study.get("freeze", ["none"]), variants(study),
-            study.get("seeds", [0]),
+            study["datasets"], study["models"], study["freeze"], variants(study), study["seeds"],
         ):
             fields = {"dataset": dataset, "model": model, "freeze": freeze, "seed": seed, **combo}
             if not _excluded(study, fields):
@@ -189,64 +248,110 @@ def expand_runs(config: dict, studies: Iterable[str] | None = None) -> list[Run]
     return runs
 
 
-def find_run(config: dict, wildcards: dict[str, str]) -> Run:
-    run = Run(wildcards["study"], wildcards["dataset"], wildcards["model"], wildcards["freeze"],
-              wildcards["variant"], int(wildcards["seed"]))
-    if run not in expand_runs(config, [run.study]):
-        raise ConfigError(f"no configured run is called {run.id}")
-    return run
+def benchmarked_runs(config: dict) -> dict[tuple[str, str, str, str], Run]:
+    """(study, dataset, model, freeze) -> the run whose weights are benchmarked (its first variant and seed),
+    for every study with ``benchmark`` on."""
+    chosen: dict[tuple[str, str, str, str], Run] = {}
+    for run in expand_runs(config):
+        if config["studies"][run.study]["benchmark"]:
+            chosen.setdefault((run.study, run.dataset, run.model, run.freeze), run)
+    return chosen
+
+
+def _fragment(schema: dict, definition: dict) -> dict:
+    """A schema for one part of the config that can still follow the root's ``#/definitions/...`` refs."""
+    return {"$schema": schema["$schema"], "definitions": {**schema["definitions"], "_part": definition},
+            "$ref": "#/definitions/_part"}
+
+
+def recipe_branches(schema: dict | None = None) -> dict[str, dict[str, set[str]]]:
+    """{"optimizer": {"sgd": keys sgd uses, ...}, "schedule": {...}}, read from the recipe's if/then branches."""
+    schema = schema or load_schema()
+    out: dict[str, dict[str, set[str]]] = {}
+    for branch in schema["definitions"]["recipe"]["allOf"]:
+        ((selector, condition),) = branch["if"]["properties"].items()
+        out.setdefault(selector, {})[condition["const"]] = set(branch["then"].get("properties", {}))
+    return out
+
+
+def check_recipe(recipe: dict, where: str, schema: dict | None = None) -> dict:
+    """A copy of ``recipe`` checked against the schema with its defaults filled in; a key that the chosen
+    optimizer or schedule does not use is an error naming the key and what the chosen one uses."""
+    schema = schema or load_schema()
+    recipe = copy.deepcopy(recipe)
+    _check_against(recipe, _fragment(schema, schema["definitions"]["recipe"]), where)
+    for selector, branches in recipe_branches(schema).items():
+        chosen = recipe[selector]
+        specific = set().union(*branches.values())
+        for key in recipe:
+            if key in specific and key not in branches[chosen]:
+                uses = ", ".join(sorted(branches[chosen])) or "none of them"
+                raise ConfigError(f"config error at '{where}.{key}': {selector} '{chosen}' does not use '{key}'; "
+                                  f"of the {selector}-specific keys, {chosen} uses: {uses}")
+    return recipe
+
+
+def run_length_key(recipe: dict, schema: dict | None = None) -> str:
+    """The recipe key that bounds a run's epochs: ``epochs`` (constant) or ``max_epochs`` (the others)."""
+    return "epochs" if "epochs" in recipe_branches(schema)["schedule"][recipe["schedule"]] else "max_epochs"
 
 
 def run_settings(config: dict, run: Run) -> dict:
     """Everything one training run needs, resolved from the study, its variant and the limits."""
+    from cnnrepro import augment, datasets
+
+    schema = load_schema()
     study = copy.deepcopy(config["studies"][run.study])
     grid_values = dict(variants(study))[run.variant]
     for key, value in grid_values.items():
         _set_path(study, key, value)
-    limits = config.get("limits", {})
-    recipe = dict(study["recipe"])
-    if limits.get("max_epochs"):
-        recipe["epochs"] = min(recipe.get("epochs", limits["max_epochs"]), limits["max_epochs"])
-        recipe["max_epochs"] = min(recipe.get("max_epochs", limits["max_epochs"]), limits["max_epochs"])
-    input_cfg = dict(study.get("input", {}))
-    if limits.get("input_size") and input_cfg.get("size"):
+    where = f"studies.{run.study}"
+    if grid_values:  # grid values have not been checked yet
+        _check_against(study, _fragment(schema, schema["properties"]["studies"]["additionalProperties"]), where)
+    recipe = check_recipe(study["recipe"], f"{where}.recipe", schema)
+    limits = config["limits"]
+    if limits["max_epochs"]:
+        length = run_length_key(recipe, schema)
+        recipe[length] = min(recipe[length], limits["max_epochs"])
+    input_cfg = study["input"]
+    if limits["input_size"] and input_cfg["size"]:
         input_cfg["size"] = limits["input_size"]
-    norm = config["normalization"][input_cfg.get("normalization", "unit")]
-    pretrained = study.get("pretrained", False)
-    if limits.get("pretrained") is not None:
+    norm = normalizations(config)[input_cfg["normalization"]]
+    pretrained = study["pretrained"]
+    if limits["pretrained"] is not None:
         pretrained = pretrained and limits["pretrained"]
-    trainable = config["freeze_levels"][run.freeze]
+    dataset = datasets.DATASETS[run.dataset]
     return {
         "run_id": run.id,
         **run.wildcards,
         # The variant's values as configured, before limits cap them: what paper tables select by.
         "grid": grid_values,
         "seed": run.seed,
-        "num_classes": DATASET_CLASSES[run.dataset],
-        "in_channels": 3 if input_cfg.get("rgb") else DATASET_CHANNELS[run.dataset],
+        "num_classes": dataset.num_classes,
+        "in_channels": 3 if input_cfg["rgb"] else dataset.channels,
         "pretrained": pretrained,
-        "trainable": trainable,
-        "input": {"size": input_cfg.get("size"), "rgb": bool(input_cfg.get("rgb")),
-                  "normalization": input_cfg.get("normalization", "unit"),
+        "trainable": config["freeze_levels"][run.freeze],
+        "input": {"size": input_cfg["size"], "rgb": input_cfg["rgb"], "normalization": input_cfg["normalization"],
                   "mean": list(norm["mean"]), "std": list(norm["std"])},
-        "augment": study.get("augment", "none"),
-        "augment_copies": limits.get("augment_copies") or 10,
-        "eval_split": study.get("eval_split", "test"),
-        "val_fraction": study.get("val_fraction", 0.2),
+        "augment": study["augment"],
+        "augment_copies": limits["augment_copies"] or augment.AUGMENTATIONS[study["augment"]].copies,
+        "eval_split": study["eval_split"],
+        "val_fraction": study["val_fraction"],
         "recipe": recipe,
-        "device": config.get("device", "auto"),
-        "size_unit": (study.get("size_unit") or {}).get(run.dataset, "MiB"),
+        "device": config["device"],
+        "size_unit": study["size_unit"].get(run.dataset, "MiB"),
     }
+
+
+def settings_by_run(config: dict) -> dict[str, dict]:
+    """Every run's settings by run id, each recipe checked once: what the workflow looks jobs up in."""
+    return {run.id: run_settings(config, run) for run in expand_runs(config)}
 
 
 def data_settings(config: dict, dataset: str) -> dict:
     """Source and sizes for one dataset: the global data settings with its per-dataset overrides."""
     data = config["data"]
     merged = {k: v for k, v in data.items() if k != "datasets"}
-    merged.update(data.get("datasets", {}).get(dataset, {}))
+    merged.update({"npz": None, "split_test_from_train": None})  # keys only an override can set
+    merged.update(data["datasets"].get(dataset, {}))
     return merged
-
-
-def studies_using(config: dict, dataset: str | None = None, model: str | None = None) -> list[str]:
-    return [name for name, s in config["studies"].items()
-            if (dataset is None or dataset in s["datasets"]) and (model is None or model in s["models"])]

@@ -13,6 +13,7 @@ Nothing here reaches the network except ``download``, which is never called impl
 
 from __future__ import annotations
 
+import logging
 import os
 import zipfile
 from dataclasses import dataclass, field
@@ -41,7 +42,10 @@ __all__ = [
     "class_distribution",
     "plot_class_distribution",
     "prepare",
+    "prepare_files",
 ]
+
+log = logging.getLogger("cnnrepro.datasets")
 
 SPLITS = ("train", "test")
 SOURCES = ("torchvision", "npz", "synthetic")
@@ -119,7 +123,7 @@ DATASETS: dict[str, DatasetInfo] = {
         num_classes=10,
         classes=_MNIST_CLASSES,
         raw_files=tuple(f"MNIST/raw/{f}" for f in _MNIST_RAW),
-        # studies.md seed 000 (--norm mnist)
+        # seed 000 (its --norm mnist)
         mean=(0.1307,),
         std=(0.3081,),
         split_sizes={"train": 60000, "test": 10000},
@@ -149,7 +153,7 @@ DATASETS: dict[str, DatasetInfo] = {
             f"cifar-10-batches-py/{f}"
             for f in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
         ),
-        # studies.md seed 001 default (true dataset std); seed 002 code uses std (0.2023, 0.1994, 0.2010).
+        # the true dataset std (seed 001); seed 002's code uses std (0.2023, 0.1994, 0.2010), see config.yaml.
         mean=(0.4914, 0.4822, 0.4465),
         std=(0.2470, 0.2435, 0.2616),
         split_sizes={"train": 50000, "test": 10000},
@@ -162,7 +166,7 @@ DATASETS: dict[str, DatasetInfo] = {
         num_classes=100,
         classes=_CIFAR100_CLASSES,
         raw_files=("cifar-100-python/train", "cifar-100-python/test", "cifar-100-python/meta"),
-        # studies.md seed 002: the CIFAR-100 statistics (flagged alternative to reusing the C10 constants).
+        # the CIFAR-100 statistics (seed 002 reuses the CIFAR-10 constants instead).
         mean=(0.5071, 0.4865, 0.4409),
         std=(0.2673, 0.2564, 0.2762),
         split_sizes={"train": 50000, "test": 10000},
@@ -269,9 +273,7 @@ def _diagnose_corrupt(info: DatasetInfo, root: Path, split: str) -> list[str]:
     return bad
 
 
-def load_torchvision(
-    name: str, root: str | os.PathLike, expect_full: bool = True
-) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def load_torchvision(name: str, root: str | os.PathLike) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Load both splits with torchvision (download=False) as uint8 NCHW / int64 tensors."""
     info = _info(name)
     root = Path(root)
@@ -304,10 +306,10 @@ def load_torchvision(
             raise DatasetCorrupt(f"{info.name} {split}: {len(x)} images but {len(y)} labels in {where}")
         if len(x) == 0:
             raise DatasetCorrupt(f"{info.name} {split}: 0 samples in {where} (empty placeholder?)")
-        if expect_full and n_expected is not None and len(x) != n_expected:
+        if n_expected is not None and len(x) != n_expected:
             raise DatasetCorrupt(
                 f"{info.name} {split}: {len(x)} samples, expected {n_expected} in {where}. The files are "
-                f"truncated or a subset; replace them, or pass expect_full=False to accept a partial split."
+                f"truncated or a subset; replace them with the complete files (subsets: data.subsample_*)."
             )
         _check_arrays(info, split, x, y, where)
         out[split] = (x, y)
@@ -714,20 +716,18 @@ def plot_class_distribution(df, path: str | os.PathLike, title: str | None = Non
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _opt_int(options: Mapping[str, Any], key: str, default: int | None = None) -> int | None:
-    value = options.get(key, default)
-    return None if value is None else int(value)
-
-
 def prepare(
     name: str, source: str, root: str | os.PathLike, out_path: str | os.PathLike, options: Mapping[str, Any]
 ) -> dict:
-    """Load ``name`` from ``source``, carve/subsample as configured, write the compact file; return the sidecar."""
+    """Load ``name`` from ``source``, carve/subsample as configured, write the compact file; return the sidecar.
+
+    ``options`` are the dataset's data settings (cnnrepro.config.data_settings), complete with the schema's
+    defaults: seed, npz, synthetic_train/test, split_test_from_train, subsample_train/test.
+    """
     info = _info(name)
-    options = dict(options or {})
     if source not in SOURCES:
         raise ValueError(f"unknown data source {source!r}; valid: {', '.join(SOURCES)}")
-    seed = _opt_int(options, "seed", 0)
+    seed = int(options["seed"])
     meta: dict[str, Any] = {
         "dataset": info.name,
         "source": source,
@@ -743,16 +743,14 @@ def prepare(
     if source == "torchvision":
         import torchvision
 
-        expect_full = bool(options.get("expect_full", True))
-        data = load_torchvision(name, root, expect_full=expect_full)
+        data = load_torchvision(name, root)
         meta.update(
             root=str(root),
             torchvision_class=info.torchvision_class,
             torchvision_version=torchvision.__version__,
-            expect_full=expect_full,
         )
     elif source == "npz":
-        paths = options.get("npz") or {}
+        paths = options["npz"] or {}
         if not paths or "train" not in paths:
             raise ValueError(f"{name}: source 'npz' needs options['npz'] = {{'train': path, 'test': path}}")
         data = load_npz(paths)
@@ -761,15 +759,14 @@ def prepare(
             _check_arrays(info, split, x, y, where)
         meta["npz"] = {split: {"path": str(p), "sha256": sha256_file(p)} for split, p in paths.items()}
     else:
-        n_train = _opt_int(options, "synthetic_train", 512)
-        n_test = _opt_int(options, "synthetic_test", 256)
+        n_train, n_test = int(options["synthetic_train"]), int(options["synthetic_test"])
         data = make_synthetic(name, n_train, n_test, seed)
         meta["synthetic"] = {"n_train": n_train, "n_test": n_test, "seed": seed,
                              "note": "synthetic stand-in data; not a reproduction of any published number"}
 
     meta["original_counts"] = {split: len(y) for split, (_, y) in data.items()}
 
-    n_carve = _opt_int(options, "split_test_from_train")
+    n_carve = options["split_test_from_train"]
     if n_carve is not None:
         if "test" in data:
             raise ValueError(
@@ -788,10 +785,21 @@ def prepare(
             f"{name}: the {source} source has no {', '.join(missing)} split; give it one or set split_test_from_train"
         )
 
-    n_sub_train = _opt_int(options, "subsample_train")
-    n_sub_test = _opt_int(options, "subsample_test")
+    n_sub_train, n_sub_test = options["subsample_train"], options["subsample_test"]
     if n_sub_train is not None or n_sub_test is not None:
         data = subsample(data, n_sub_train, n_sub_test, seed)
         meta["subsample"] = {"train": n_sub_train, "test": n_sub_test, "seed": seed, "stratified": True}
 
     return write_compact({s: data[s] for s in SPLITS}, out_path, meta)
+
+
+def prepare_files(name: str, settings: Mapping[str, Any], root: str | os.PathLike, out: str | os.PathLike,
+                  classes_csv: str | os.PathLike, plot: str | os.PathLike) -> dict:
+    """The prepare_dataset rule: the compact file, then its class counts as a CSV and a bar chart."""
+    sidecar = prepare(name, settings["source"], root, out, settings)
+    log.info("wrote %s (sha256 %s)", out, sidecar["sha256"])
+    table = class_distribution(read_compact(out))
+    with atomic_path(classes_csv) as tmp:
+        table.to_csv(tmp, index=False)
+    plot_class_distribution(table, plot)
+    return sidecar

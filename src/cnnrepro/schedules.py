@@ -10,7 +10,7 @@ epoch number and that epoch's metrics (``"train_loss"``, ``"eval_loss"``,
   last epoch, as in Keras and in the seed-002 code, where the 4th drop sets an
   lr that is never trained with);
 * ``stop`` -- whether training ends after this epoch;
-* ``reason`` -- why it stops (``"max_epochs"``, ``"epoch_cap"``, ``"max_drops"``,
+* ``reason`` -- why it stops (``"max_epochs"``, ``"max_drops"``,
   ``"early_stopping"``), else None;
 * ``best`` -- whether this epoch is the best so far for the schedule's selection
   criterion (used to keep the "best" checkpoint).
@@ -18,6 +18,9 @@ epoch number and that epoch's metrics (``"train_loss"``, ``"eval_loss"``,
 Epoch 1 trains with ``schedule.initial_lr`` (``schedule.lr`` always holds the
 lr for the next epoch to train).  ``state_dict()``/``load_state_dict()`` hold
 only JSON-serialisable values, so a run can be resumed exactly.
+
+Every parameter is required: the defaults (the authors' values) live in the config schema's
+per-schedule branches, and :func:`make_schedule` takes a recipe checked against it.
 
 Semantic decisions (documented because the sources leave them open)
 -------------------------------------------------------------------
@@ -34,8 +37,6 @@ General
     (0.01 -> 0.001 -> 0.0001 -> 1e-05 -> 1.0000000000000002e-06).  Keras keeps
     the lr in a float32 variable; we do not emulate that rounding (it only
     matters for ``min_lr > 0`` near the bound).
-  * ``max_epochs_cap`` (smoke runs) stops the run at ``min(cap, natural end)``;
-    a stop caused only by the cap has reason ``"epoch_cap"``.
   * ``best`` for :class:`ConstantSchedule` and :class:`PlateauDropSchedule` is
     the highest ``eval_acc`` so far, strictly greater than the previous best
     (seed 002 saves when ``acc > best_acc``); epochs without ``eval_acc`` are
@@ -152,12 +153,9 @@ class Schedule:
 
     name: str = "base"
 
-    def __init__(self, lr: float, max_epochs_cap: int | None = None):
+    def __init__(self, lr: float):
         self.initial_lr = _check_pos_float("lr", lr)
         self.lr = self.initial_lr
-        if max_epochs_cap is not None:
-            _check_pos_int("max_epochs_cap", max_epochs_cap)
-        self.max_epochs_cap = max_epochs_cap
         self.epoch = 0  # last epoch seen
         self.stopped = False
         self.best_value: float | None = None  # of the selection criterion
@@ -179,13 +177,6 @@ class Schedule:
         self.epoch = epoch
         if decision.best:
             self.best_epoch = epoch
-        if (
-            not decision.stop
-            and self.max_epochs_cap is not None
-            and epoch >= self.max_epochs_cap
-        ):
-            decision.stop = True
-            decision.reason = "epoch_cap"
         self.lr = decision.lr
         self.stopped = decision.stop
         return decision
@@ -211,7 +202,6 @@ class Schedule:
     def describe(self) -> dict:
         d = {"schedule": self.name, "lr": self.initial_lr}
         d.update(self._settings())
-        d["max_epochs_cap"] = self.max_epochs_cap
         return d
 
     def _extra_state(self) -> dict:
@@ -257,8 +247,8 @@ class ConstantSchedule(Schedule):
 
     name = "constant"
 
-    def __init__(self, lr: float, epochs: int, max_epochs_cap: int | None = None):
-        super().__init__(lr, max_epochs_cap)
+    def __init__(self, lr: float, epochs: int):
+        super().__init__(lr)
         self.epochs = _check_pos_int("epochs", epochs)
 
     def _settings(self) -> dict:
@@ -281,15 +271,15 @@ class PlateauDropSchedule(Schedule):
     def __init__(
         self,
         lr: float,
-        max_epochs: int = 200,
-        monitor: str = "train_loss",
-        threshold: float = 0.01,
-        patience: int = 10,
-        factor: float = 0.1,
-        max_drops: int = 4,
-        max_epochs_cap: int | None = None,
+        *,
+        max_epochs: int,
+        monitor: str,
+        threshold: float,
+        patience: int,
+        factor: float,
+        max_drops: int,
     ):
-        super().__init__(lr, max_epochs_cap)
+        super().__init__(lr)
         self.max_epochs = _check_pos_int("max_epochs", max_epochs)
         self.monitor = str(monitor)
         self.threshold = float(threshold)
@@ -350,18 +340,18 @@ class KerasPlateauSchedule(Schedule):
     def __init__(
         self,
         lr: float,
-        max_epochs: int = 10000,
-        monitor: str = "eval_loss",
-        reduce_factor: float = 0.1,
-        reduce_patience: int = 5,
-        reduce_min_delta: float = 1e-4,
-        cooldown: int = 0,
-        min_lr: float = 0.0,
-        stop_patience: int = 10,
-        stop_min_delta: float = 0.0,
-        max_epochs_cap: int | None = None,
+        *,
+        max_epochs: int,
+        monitor: str,
+        reduce_factor: float,
+        reduce_patience: int,
+        reduce_min_delta: float,
+        cooldown: int,
+        min_lr: float,
+        stop_patience: int,
+        stop_min_delta: float,
     ):
-        super().__init__(lr, max_epochs_cap)
+        super().__init__(lr)
         self.max_epochs = _check_pos_int("max_epochs", max_epochs)
         self.monitor = str(monitor)
         self.reduce_factor = _check_pos_float("reduce_factor", reduce_factor)
@@ -458,42 +448,21 @@ SCHEDULES: dict[str, type[Schedule]] = {
 }
 
 
-def make_schedule(recipe: dict, max_epochs_cap: int | None = None) -> Schedule:
-    """Build the schedule named by ``recipe["schedule"]``.
+def make_schedule(recipe: dict) -> Schedule:
+    """Build the schedule named by ``recipe["schedule"]`` from a recipe checked by the config schema.
 
-    The recipe keys that are parameters of that schedule are passed as keyword
-    arguments; other keys (optimizer, batch_size, loss, ...) are ignored.  A
-    recipe without ``"schedule"`` (or with None) means ``"constant"``.
-    ``"epochs"`` and ``"max_epochs"`` are aliases: a constant schedule reads
-    ``epochs`` (falling back to ``max_epochs``); the others read ``max_epochs``
-    (falling back to ``epochs``); both given with different values is an error.
-    ``max_epochs_cap`` caps the run length of any schedule (smoke runs: 1).
+    The recipe keys that are parameters of that schedule are passed as keyword arguments; the others
+    (optimizer, batch_size, loss, ...) belong to other parts of the run. The schema gives each schedule
+    its own keys and defaults (``epochs`` for constant, ``max_epochs`` for the others) and rejects a key
+    the schedule does not use, so nothing here has to guess.
     """
     if not isinstance(recipe, dict):
         raise TypeError(f"recipe must be a dict, got {type(recipe).__name__}")
-    name = recipe.get("schedule") or "constant"
+    name = recipe["schedule"]
     if name not in SCHEDULES:
         raise ValueError(
             f"unknown schedule {name!r}; valid schedules: {', '.join(sorted(SCHEDULES))}"
         )
     cls = SCHEDULES[name]
-    if "lr" not in recipe:
-        raise ValueError(f"recipe for schedule {name!r} has no 'lr'")
-
     params = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    kwargs = {k: recipe[k] for k in params if k in recipe and k != "max_epochs_cap"}
-
-    epochs, max_epochs = recipe.get("epochs"), recipe.get("max_epochs")
-    if epochs is not None and max_epochs is not None and epochs != max_epochs:
-        raise ValueError(
-            f"recipe gives both epochs={epochs!r} and max_epochs={max_epochs!r}"
-        )
-    length = epochs if epochs is not None else max_epochs
-    if cls is ConstantSchedule:
-        if length is None:
-            raise ValueError("recipe for schedule 'constant' needs 'epochs'")
-        kwargs["epochs"] = length
-    elif length is not None:
-        kwargs["max_epochs"] = length
-
-    return cls(**kwargs, max_epochs_cap=max_epochs_cap)
+    return cls(**{k: recipe[k] for k in params if k in recipe})

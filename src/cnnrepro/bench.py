@@ -10,7 +10,7 @@ Two kinds of latency are recorded side by side:
   timed call, ``torch.utils.benchmark.Timer`` with an explicit thread count, per-run samples
   summarised by median / mean / std / p90 / min.
 
-Compare the two with the paper by *ranking*, not by absolute value (see studies.md, Seed 002).
+Compare the two with the paper by *ranking*, not by absolute value: the hardware differs.
 
 Size conventions (Seed 002, "Tamanho"): the authors' size is the byte count of a ``torch.save`` of
 ``{'net': <whole pickled nn.Module>, 'acc': ..., 'epoch': ...}``.
@@ -23,7 +23,7 @@ Size conventions (Seed 002, "Tamanho"): the authors' size is the byte count of a
 ``size_record`` reports both units for both the whole-module checkpoint and the state_dict.
 
 Every device-dependent function takes a ``device``; GPU-only steps (synchronisation, CUDA memory
-statistics, cuDNN autotuning) sit behind small seams (``sync`` callables, ``cuda_available``) so the
+statistics, cuDNN autotuning) sit behind small seams (``sync`` callables, ``device.cuda_available``) so the
 logic runs and is tested on a CPU-only machine.
 """
 
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import os
 import pickle
 import platform
@@ -46,7 +47,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnnrepro.io import torch_save
+from cnnrepro import device as devices
+from cnnrepro.io import torch_save, write_json
 
 __all__ = [
     "size_record",
@@ -58,33 +60,19 @@ __all__ = [
     "device_record",
     "not_measured_record",
     "benchmark_model",
-    "cuda_available",
     "run_benchmark",
-    "DEFAULT_SETTINGS",
+    "benchmark_job",
 ]
+
+log = logging.getLogger("cnnrepro.bench")
 
 MIB = 2**20
 MB_1024000 = 1_024_000
-
-DEFAULT_SETTINGS: dict[str, Any] = {
-    "runs": 50,
-    "warmup": 10,
-    "num_threads": None,
-    "paper_runs": 200,
-    "batch_sizes": [1, 32],
-    "throughput_runs": 10,
-    "seed": 0,
-}
 
 PAPER_METHOD = "paper-faithful (unsynchronised time.time, warm-up included)"
 
 
 # --------------------------------------------------------------------------- small helpers
-
-
-def cuda_available() -> bool:
-    """Seam around ``torch.cuda.is_available`` so tests can pretend either way."""
-    return torch.cuda.is_available()
 
 
 def _as_device(device: str | torch.device) -> torch.device:
@@ -547,19 +535,19 @@ def benchmark_model(
     model: nn.Module,
     input_shape_chw: Sequence[int],
     device: str | torch.device,
-    settings: dict | None = None,
+    settings: dict,
     paper_inputs: torch.Tensor | Iterable[torch.Tensor] | None = None,
 ) -> dict:
     """Every measurement for one model on one device.
 
-    ``settings`` keys (defaults in ``DEFAULT_SETTINGS``): ``runs`` 50 and ``warmup`` 10 for
-    ``latency_correct``; ``num_threads`` (None: keep torch's default and record it); ``paper_runs``
-    200 random examples for ``latency_paper`` when ``paper_inputs`` is not given; ``batch_sizes``
-    [1, 32] and ``throughput_runs`` 10 for ``throughput``; ``seed`` 0 for the random inputs;
+    ``settings`` (the config's ``benchmark`` block; its defaults are in the schema): ``runs`` and
+    ``warmup`` for ``latency_correct``; ``num_threads`` (None: keep torch's default and record it);
+    ``paper_runs`` random examples for ``latency_paper`` when ``paper_inputs`` is not given;
+    ``batch_sizes`` and ``throughput_runs`` for ``throughput``; ``seed`` for the random inputs;
     optional ``num_classes`` (copied into the size record).
     The thread count is set for the call and restored afterwards; the model is moved to ``device``.
     """
-    cfg = {**DEFAULT_SETTINGS, **(settings or {})}
+    cfg = dict(settings)
     dev = _as_device(device)
     shape = [int(s) for s in input_shape_chw]
     gen = torch.Generator().manual_seed(int(cfg["seed"]))
@@ -572,7 +560,7 @@ def benchmark_model(
             "device": device_record(dev),
             "input_shape_chw": shape,
             "settings": {**cfg, "num_threads": threads, "batch_sizes": list(cfg["batch_sizes"])},
-            "size": size_record(model, num_classes=cfg.get("num_classes")),
+            "size": size_record(model, num_classes=cfg.get("num_classes")),  # optional: not a config key
             "flops": flops_record(model, shape),
         }
         record["peak_memory"] = peak_inference_memory(model, example, dev)
@@ -593,7 +581,7 @@ def run_benchmark(
     model: nn.Module,
     input_shape_chw: Sequence[int],
     kind: str,
-    settings: dict | None = None,
+    settings: dict,
     paper_inputs: torch.Tensor | Iterable[torch.Tensor] | None = None,
 ) -> dict:
     """``benchmark_model`` on the CPU (kind "cpu") or on ``cuda:0`` (kind "gpu").
@@ -604,7 +592,48 @@ def run_benchmark(
     if kind == "cpu":
         return benchmark_model(model, input_shape_chw, torch.device("cpu"), settings, paper_inputs)
     if kind == "gpu":
-        if not cuda_available():
+        if not devices.cuda_available():
             return not_measured_record("not measured: no CUDA device", "gpu")
         return benchmark_model(model, input_shape_chw, torch.device("cuda", 0), settings, paper_inputs)
     raise ValueError(f"kind must be 'cpu' or 'gpu', got {kind!r}")
+
+
+# --------------------------------------------------------------------------- the workflow's benchmark job
+
+
+def load_trained_model(settings: dict, weights: str | Path) -> nn.Module:
+    from cnnrepro.recipe import build_run_model
+
+    model = build_run_model(settings, pretrained=False)  # the trained weights replace everything
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+def paper_inputs(settings: dict, data: str | Path, count: int) -> torch.Tensor:
+    """The first ``count`` test images, preprocessed as at evaluation: what the authors timed at batch 1."""
+    from cnnrepro.datasets import read_compact
+    from cnnrepro.splits import batch_transform
+
+    test = read_compact(data)["splits"]["test"]
+    transform = batch_transform(settings, torch.device("cpu"), augment_name="none")
+    return transform(test["x"][:count], None, False)
+
+
+def benchmark_job(settings: dict, weights: str | Path, data: str | Path, kind: str, bench_settings: dict,
+                  out: str | Path) -> dict:
+    """Benchmark one trained run's model on the GPU or the CPU and write the record to ``out``."""
+    ident = {k: settings[k] for k in ("study", "dataset", "model", "freeze")} | {"weights_of_run": settings["run_id"]}
+    if kind == "gpu" and not devices.cuda_available():
+        record = not_measured_record("not measured: no CUDA device", "gpu")
+        log.info("GPU benchmark of %s not measured: no CUDA device", settings["run_id"])
+    else:
+        model = load_trained_model(settings, weights)
+        inputs = paper_inputs(settings, data, bench_settings["paper_runs"])
+        options = {**bench_settings, "num_threads": bench_settings["cpu_threads"] if kind == "cpu" else None}
+        log.info("benchmarking %s on %s with %d paper-style examples", settings["run_id"], kind, len(inputs))
+        record = run_benchmark(model, tuple(inputs.shape[1:]), kind, options, paper_inputs=inputs)
+        log.info("median latency %.3f ms (correct), mean %.3f ms (paper-faithful)",
+                 record["latency_correct"]["median_ms"], record["latency_paper"]["mean_ms"])
+    record.update(ident)
+    write_json(out, record)
+    return record

@@ -16,16 +16,16 @@ def _load(args) -> dict:
 def model_rows(config: dict) -> list[dict]:
     """One row per (model, dataset, freeze level) used by the configured studies, with parameter counts."""
     from cnnrepro import models
-    from cnnrepro.train import build_run_model
+    from cnnrepro.recipe import build_run_model
 
     rows, seen = [], set()
-    for run in cfg.expand_runs(config):
-        key = (run.model, run.dataset, run.freeze)
+    for settings in cfg.settings_by_run(config).values():
+        key = (settings["model"], settings["dataset"], settings["freeze"])
         if key in seen:
             continue
         seen.add(key)
-        model = build_run_model(cfg.run_settings(config, run), pretrained=False)  # counts need no weights
-        rows.append({"model": run.model, "dataset": run.dataset, "freeze": run.freeze,
+        model = build_run_model(settings, pretrained=False)  # counts need no weights
+        rows.append({"model": settings["model"], "dataset": settings["dataset"], "freeze": settings["freeze"],
                      "params": models.count_params(model),
                      "trainable_params": models.count_params(model, trainable_only=True)})
     return rows

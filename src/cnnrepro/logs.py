@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from pathlib import Path
+from typing import Iterator
 
 
 def setup_job_logging(log_path: str | Path | None, level: int = logging.INFO) -> logging.Logger:
@@ -20,3 +22,14 @@ def setup_job_logging(log_path: str | Path | None, level: int = logging.INFO) ->
         handler.setFormatter(formatter)
         root.addHandler(handler)
     return root
+
+
+@contextlib.contextmanager
+def job_log(log_path: str | Path | None) -> Iterator[logging.Logger]:
+    """Log a job to its own file (and stderr), and record any failure there before it propagates."""
+    logger = setup_job_logging(log_path)
+    try:
+        yield logger
+    except Exception:
+        logger.exception("job failed")
+        raise

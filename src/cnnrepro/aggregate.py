@@ -4,6 +4,10 @@ rebuilt with ``<metric>_paper`` beside ``<metric>_ours``.
 How a paper row finds its runs is data in config (``studies.<name>.tables``): ``match`` maps a
 paper key column to run fields, ``where`` adds fixed run fields, ``metrics`` maps each paper
 metric column to a summary field (``{column}`` templates take the row's cell).
+
+Every file comes in as a path the workflow rule names (workflow/rules/); nothing here derives a path.
+Each metrics and benchmark file is identified by what it says it is, and a configured run or benchmark
+without its file, or a file the config does not define, is an error rather than an empty cell.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import logging
 import math
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Hashable, Iterable, Mapping
 
 import pandas as pd
 
@@ -22,10 +26,9 @@ from cnnrepro import io
 log = logging.getLogger("cnnrepro.aggregate")
 
 RUN_FIELDS = ("study", "dataset", "model", "freeze", "variant", "seed")
-
-
-def bench_path(results: str | Path, run: cfg.Run, kind: str) -> Path:
-    return Path(results) / "bench" / run.study / run.dataset / run.model / run.freeze / f"{kind}.json"
+BENCH_FIELDS = ("study", "dataset", "model", "freeze")
+BENCH_KINDS = ("cpu", "gpu")
+PathLike = str | Path
 
 
 def summarize(record: dict, bench_cpu: dict | None = None, bench_gpu: dict | None = None) -> dict:
@@ -73,18 +76,68 @@ def summarize(record: dict, bench_cpu: dict | None = None, bench_gpu: dict | Non
     return out
 
 
-def load_summaries(config: dict, results: str | Path) -> list[dict]:
+def benchmarks(config: dict) -> list[tuple[str, ...]]:
+    """(study, dataset, model, freeze, kind) of every configured benchmark: one per model of each study
+    with ``benchmark`` on, on the CPU and on the GPU (as the benchmark rules produce them)."""
+    return [(*key, kind) for key in cfg.benchmarked_runs(config) for kind in BENCH_KINDS]
+
+
+def metrics_identity(record: dict) -> str:
+    return record["run_id"]
+
+
+def bench_identity(record: dict) -> tuple[str, ...]:
+    # benchmark_job adds the run fields to what bench writes; bench itself records the device kind.
+    return (*(record[k] for k in BENCH_FIELDS), record["device_kind"])
+
+
+def _describe(key: Hashable) -> str:
+    if isinstance(key, tuple):  # a benchmark
+        return f"benchmark {'/'.join(key[:-1])} ({key[-1]})"
+    return f"run {key}"
+
+
+def _by_identity(paths: Iterable[PathLike], identify: Callable[[dict], Hashable], what: str) -> dict:
+    """identity -> (path, record) for each file, by what the file says it is; two alike is an error."""
+    found: dict = {}
+    for path in paths:
+        record = io.read_json(path)
+        key = identify(record)
+        if key in found:
+            raise ValueError(f"{path} and {found[key][0]} are both the {what} of {_describe(key)}; "
+                             "expected one file each")
+        found[key] = (Path(path), record)
+    return found
+
+
+def _check_complete(found: dict, expected: Iterable[Hashable], what: str, of: str) -> None:
+    """The inputs hold exactly what the config defines: none missing (the rule's inputs guarantee
+    presence, so a gap is a wiring error, not a run still to come) and none extra."""
+    expected = list(expected)
+    known = set(expected)
+    for key, (path, _) in found.items():
+        if key not in known:
+            raise ValueError(f"{path} holds the {what} of {_describe(key)}, which the config does not define; "
+                             f"expected only the {what} of configured {of}s")
+    missing = [key for key in expected if key not in found]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ValueError(f"no {what} file among the inputs for {_describe(missing[0])}{more}; expected one "
+                         f"{what} file per configured {of}")
+
+
+def load_summaries(config: dict, metrics: Iterable[PathLike], bench: Iterable[PathLike]) -> list[dict]:
+    """One summary per configured run, in config order, from exactly the given files."""
+    runs = cfg.expand_runs(config)
+    records = _by_identity(metrics, metrics_identity, "metrics")
+    _check_complete(records, (run.id for run in runs), "metrics", "run")
+    benches = _by_identity(bench, bench_identity, "benchmark")
+    _check_complete(benches, benchmarks(config), "benchmark", "benchmark")
     summaries = []
-    for run in cfg.expand_runs(config):
-        metrics_path = Path(results) / "runs" / run.id / "metrics.json"
-        if not metrics_path.exists():
-            log.warning("no metrics for %s yet; its cells stay empty", run.id)
-            continue
-        benches = {}
-        for kind in ("cpu", "gpu"):
-            path = bench_path(results, run, kind)
-            benches[kind] = io.read_json(path) if path.exists() else None
-        summaries.append(summarize(io.read_json(metrics_path), benches["cpu"], benches["gpu"]))
+    for run in runs:
+        key = (run.study, run.dataset, run.model, run.freeze)
+        cpu, gpu = (benches[(*key, kind)][1] if (*key, kind) in benches else None for kind in BENCH_KINDS)
+        summaries.append(summarize(records[run.id][1], cpu, gpu))
     return summaries
 
 
@@ -133,9 +186,9 @@ def _round(value: float | None) -> Any:
     return int(value) if float(value).is_integer() and abs(value) >= 1 else round(float(value), 4)
 
 
-def paper_table(table: dict, study: str, summaries: list[dict], tables_dir: str | Path) -> pd.DataFrame:
+def paper_table(table: dict, study: str, summaries: list[dict], paper_csv: PathLike) -> pd.DataFrame:
     """The paper's table with its key columns, then ``m_paper`` and ``m_ours`` for each metric ``m``."""
-    paper = pd.read_csv(Path(tables_dir) / table["file"], dtype=str, keep_default_na=False)
+    paper = pd.read_csv(paper_csv, dtype=str, keep_default_na=False)
     # A shared metrics map may name columns this particular table does not print.
     metric_cols = [m for m in table["metrics"] if m in paper.columns]
     key_cols = [c for c in paper.columns if c not in metric_cols]
@@ -188,22 +241,52 @@ def model_comparison(summaries: list[dict]) -> pd.DataFrame:
     return out
 
 
-def aggregate(config: dict, results: str | Path) -> dict[str, Path]:
-    results = Path(results)
-    tables_dir = Path(config.get("paper_tables_dir", "paper_tables"))
-    summaries = load_summaries(config, results)
+def table_name(config: dict, table: dict) -> str:
+    """A paper table's name: its CSV's file name, which is also its output's (tables/<name>)."""
+    return cfg.paper_table_path(config, table).name
+
+
+def configured_tables(config: dict) -> list[tuple[str, dict]]:
+    """(study, table entry) of every paper table in the config."""
+    return [(study, table) for study, spec in config["studies"].items() for table in spec["tables"]]
+
+
+def check_table_files(config: dict, files: Mapping[str, PathLike], what: str) -> None:
+    """``files`` names exactly the configured paper tables, by table name."""
+    names = [table_name(config, table) for _, table in configured_tables(config)]
+    extra = sorted(set(files) - set(names))
+    if extra:
+        raise ValueError(f"{what} names table '{extra[0]}' ({files[extra[0]]}), which no study's tables: entry "
+                         f"defines; expected only: {', '.join(names)}")
+    missing = [name for name in names if name not in files]
+    if missing:
+        raise ValueError(f"{what} has no file for paper table '{missing[0]}'; expected one per configured table")
+
+
+def _write_csv(frame: pd.DataFrame, path: PathLike) -> Path:
+    with io.atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+    return Path(path)
+
+
+def aggregate(config: dict, metrics: Iterable[PathLike], bench: Iterable[PathLike],
+              paper_tables: Mapping[str, PathLike], tables_out: Mapping[str, PathLike],
+              runs_out: PathLike, models_out: PathLike) -> dict[str, Path]:
+    """Write every paper table with our numbers, runs.csv and models.csv; returns name -> written path.
+
+    ``metrics`` and ``bench`` are every run's metrics.json and every benchmark's record; ``paper_tables``
+    and ``tables_out`` map each table name (its CSV's file name) to the paper's CSV and to the output.
+    """
+    check_table_files(config, paper_tables, "paper_tables")
+    check_table_files(config, tables_out, "tables_out")
+    summaries = load_summaries(config, metrics, bench)
     written = {}
-    for study, spec in config["studies"].items():
-        for table in spec.get("tables", []):
-            path = results / "tables" / table["file"]
-            frame = paper_table(table, study, summaries, tables_dir)
-            with io.atomic_path(path) as tmp:
-                frame.to_csv(tmp, index=False)
-            written[table["file"]] = path
-            log.info("wrote %s (%d rows, %d with our numbers)", path, len(frame), int((frame["runs_ours"] > 0).sum()))
-    for name, frame in (("runs.csv", flat_runs(summaries)), ("models.csv", model_comparison(summaries))):
-        path = results / "tables" / name
-        with io.atomic_path(path) as tmp:
-            frame.to_csv(tmp, index=False)
-        written[name] = path
+    for study, table in configured_tables(config):
+        name = table_name(config, table)
+        frame = paper_table(table, study, summaries, paper_tables[name])
+        written[name] = _write_csv(frame, tables_out[name])
+        log.info("wrote %s (%d rows, %d with our numbers)", written[name], len(frame),
+                 int((frame["runs_ours"] > 0).sum()))
+    written["runs.csv"] = _write_csv(flat_runs(summaries), runs_out)
+    written["models.csv"] = _write_csv(model_comparison(summaries), models_out)
     return written

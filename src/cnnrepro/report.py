@@ -1,4 +1,7 @@
-"""Render the aggregated tables into one self-contained HTML page and a booktabs LaTeX document."""
+"""Render the aggregated tables into one self-contained HTML page and a booktabs LaTeX document.
+
+The report rule hands over every file it reads (workflow/rules/report.smk); nothing here derives a path.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +10,13 @@ import datetime as dt
 import logging
 import math
 from pathlib import Path
+from typing import Mapping
 
 import jinja2
 import pandas as pd
 
 from cnnrepro import io
+from cnnrepro.aggregate import PathLike, check_table_files, table_name
 
 log = logging.getLogger("cnnrepro.report")
 
@@ -32,8 +37,8 @@ def _latex_escape(text: str) -> str:
     return "".join(replacements.get(ch, ch) for ch in str(text))
 
 
-def _read(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path, dtype=str, keep_default_na=False) if path.exists() else pd.DataFrame()
+def _read(path: PathLike) -> pd.DataFrame:
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
 
 
 def table_view(frame: pd.DataFrame) -> dict:
@@ -56,32 +61,30 @@ def _number(value):
         return value
 
 
-def _image_data_uri(path: Path) -> str | None:
-    if not path.exists():
-        return None
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+def _image_data_uri(path: PathLike) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
 
 
-def build_context(config: dict, results: str | Path) -> dict:
-    results = Path(results)
-    tables_dir = results / "tables"
+def build_context(config: dict, tables: Mapping[str, PathLike], runs: PathLike, models: PathLike,
+                  class_plots: Mapping[str, PathLike], folder: PathLike | None = None) -> dict:
+    """What the templates print; ``tables`` maps each paper table's name to its aggregated CSV,
+    ``class_plots`` each dataset to its class-distribution PNG."""
+    check_table_files(config, tables, "tables")
     studies = []
     for name, study in config["studies"].items():
-        tables = []
+        views = []
         for table in study.get("tables", []):
-            frame = _read(tables_dir / table["file"])
-            tables.append({"file": table["file"], **table_view(frame)})
+            file = table_name(config, table)
+            views.append({"file": file, **table_view(_read(tables[file]))})
         studies.append({"name": name, "title": study.get("title", name), "reference": study.get("reference", ""),
-                        "datasets": study["datasets"], "models": study["models"], "tables": tables})
-    datasets = sorted({d for s in config["studies"].values() for d in s["datasets"]})
-    figures = [{"dataset": d, "uri": _image_data_uri(results / "data" / f"{d}_classes.png")} for d in datasets]
+                        "datasets": study["datasets"], "models": study["models"], "tables": views})
     return {
         "generated": dt.datetime.now().isoformat(timespec="seconds"),
-        "results": str(results),
+        "results": str(folder or ""),
         "studies": studies,
-        "models": table_view(_read(tables_dir / "models.csv")),
-        "runs": table_view(_read(tables_dir / "runs.csv")),
-        "figures": [f for f in figures if f["uri"]],
+        "models": table_view(_read(models)),
+        "runs": table_view(_read(runs)),
+        "figures": [{"dataset": d, "uri": _image_data_uri(class_plots[d])} for d in sorted(class_plots)],
         "missing": MISSING,
     }
 
@@ -93,8 +96,11 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def render(config: dict, results: str | Path, html_path: str | Path, tex_path: str | Path) -> None:
-    context = build_context(config, results)
+def render(config: dict, tables: Mapping[str, PathLike], runs: PathLike, models: PathLike,
+           class_plots: Mapping[str, PathLike], html_path: PathLike, tex_path: PathLike) -> None:
+    """Write the HTML page and the LaTeX document from exactly the files given."""
+    # The page names the folder it sits in: there is no results root to speak of.
+    context = build_context(config, tables, runs, models, class_plots, folder=Path(html_path).parent)
     env = _environment()
     io.write_text(html_path, env.get_template("report.html.j2").render(**context))
     io.write_text(tex_path, env.get_template("tables.tex.j2").render(**context))

@@ -5,6 +5,7 @@ rule aggregate:
     input:
         metrics=all_metrics(),
         bench=all_bench(),
+        paper_tables=list(PAPER_TABLE_FILES.values()),
     output:
         tables=[
             report(
@@ -13,7 +14,7 @@ rule aggregate:
                 category="Paper tables",
                 labels={"table": name},
             )
-            for name in PAPER_TABLES
+            for name in PAPER_TABLE_FILES
         ],
         runs=report(
             f"{RESULTS}/tables/runs.csv",
@@ -32,7 +33,8 @@ rule aggregate:
     conda:
         "../../envs/cnnrepro.yaml"
     params:
-        # results/tables/runs.csv -> results
-        results=lambda wildcards, output: str(Path(output.runs).parent.parent),
+        # The same files as input and output, keyed by table name for the package.
+        paper_tables=lambda wildcards, input: by_paper_table(input.paper_tables),
+        tables=lambda wildcards, output: by_paper_table(output.tables),
     script:
         "../scripts/aggregate.py"

@@ -11,6 +11,8 @@ try:
     cfg.validate(
         config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
     )
+    # Every run's settings, its recipe checked once, before any job starts.
+    SETTINGS = cfg.settings_by_run(config)
 except cfg.ConfigError as error:
     raise WorkflowError(str(error)) from None
 
@@ -18,9 +20,6 @@ RESULTS = config["results"]
 RUNS = cfg.expand_runs(config)
 RUN = "{study}/{dataset}/{model}/{freeze}/{variant}/seed{seed}"
 BENCH = "{study}/{dataset}/{model}/{freeze}"
-PAPER_TABLES = sorted(
-    {t["file"] for s in config["studies"].values() for t in s.get("tables", [])}
-)
 
 
 wildcard_constraints:
@@ -30,34 +29,27 @@ wildcard_constraints:
     freeze="[A-Za-z0-9_]+",
     variant="[^/]+",
     seed="[0-9]+",
-    kind="cpu|gpu",
-
-
-def run_path(run, name):
-    return f"{RESULTS}/runs/{run.id}/{name}"
 
 
 def datasets_used():
     return sorted({run.dataset for run in RUNS})
 
 
-def bench_targets():
-    """One benchmark per (study, dataset, model, freeze), on the first variant's first seed."""
-    seen = {}
-    for run in RUNS:
-        if config["studies"][run.study].get("benchmark", True):
-            seen.setdefault((run.study, run.dataset, run.model, run.freeze), run)
-    return seen
+BENCH_TARGETS = cfg.benchmarked_runs(config)
 
 
 def bench_run(wildcards):
-    return bench_targets()[
+    return BENCH_TARGETS[
         (wildcards.study, wildcards.dataset, wildcards.model, wildcards.freeze)
     ]
 
 
+def bench_settings(wildcards):
+    return SETTINGS[bench_run(wildcards).id]
+
+
 def train_settings(wildcards):
-    return cfg.run_settings(config, cfg.find_run(config, wildcards))
+    return SETTINGS[RUN.format(**wildcards)]
 
 
 def pretrained_weights(wildcards):
@@ -77,19 +69,56 @@ def gpu_request(wildcards=None):
 def dataset_source_inputs(wildcards):
     settings = cfg.data_settings(config, wildcards.dataset)
     if settings["source"] == "torchvision":
-        return [f"{RESULTS}/data/{wildcards.dataset}.source-verified"]
+        return expand(rules.download_dataset.output[0], dataset=wildcards.dataset)
     if settings["source"] == "npz":
         return list(settings["npz"].values())
     return []
 
 
+def trained_weights(wildcards):
+    """The weights a benchmark measures: those of its (study, dataset, model, freeze)'s first run."""
+    return expand(rules.train.output.weights, **bench_run(wildcards).wildcards)[0]
+
+
 def all_metrics():
-    return [run_path(run, "metrics.json") for run in RUNS]
+    return [expand(rules.train.output.metrics, **run.wildcards)[0] for run in RUNS]
 
 
 def all_bench():
-    return [
-        f"{RESULTS}/bench/{s}/{d}/{m}/{f}/{kind}.json"
-        for (s, d, m, f) in bench_targets()
-        for kind in ("cpu", "gpu")
+    keys = [
+        dict(zip(("study", "dataset", "model", "freeze"), key)) for key in BENCH_TARGETS
     ]
+    return [
+        expand(rule.output[0], **key)[0]
+        for key in keys
+        for rule in (rules.benchmark_cpu, rules.benchmark_gpu)
+    ]
+
+
+# Aggregation and report inputs
+# A paper table's name is its CSV's file name, which is also its output's (tables/<name>); the config
+# check rejects two tables with one name. The package gets the rules' own files keyed by these names.
+PAPER_TABLE_FILES = dict(
+    sorted(
+        (path.name, str(path))
+        for path in (
+            cfg.paper_table_path(config, table)
+            for study in config["studies"].values()
+            for table in study["tables"]
+        )
+    )
+)
+
+
+def by_paper_table(paths):
+    """A rule's list of paper-table files (in PAPER_TABLE_FILES order) as table name -> file."""
+    return dict(zip(PAPER_TABLE_FILES, paths, strict=True))
+
+
+def class_plots():
+    return expand(rules.prepare_dataset.output.plot, dataset=datasets_used())
+
+
+def by_dataset(paths):
+    """A rule's list of per-dataset files (in class_plots() order) as dataset -> file."""
+    return dict(zip(datasets_used(), paths, strict=True))

@@ -6,9 +6,7 @@ rule report_html:
         tables=rules.aggregate.output.tables,
         runs=rules.aggregate.output.runs,
         models=rules.aggregate.output.models,
-        classes=expand(
-            f"{RESULTS}/data/{{dataset}}_classes.png", dataset=datasets_used()
-        ),
+        classes=class_plots(),
     output:
         html=report(
             f"{RESULTS}/report/index.html",
@@ -22,6 +20,8 @@ rule report_html:
     conda:
         "../../envs/cnnrepro.yaml"
     params:
-        results=lambda wildcards, input: str(Path(input.runs).parent.parent),
+        # The same files as input, keyed by table name and by dataset for the package.
+        tables=lambda wildcards, input: by_paper_table(input.tables),
+        classes=lambda wildcards, input: by_dataset(input.classes),
     script:
         "../scripts/report.py"

@@ -3,7 +3,8 @@
 
 rule train:
     input:
-        data=f"{RESULTS}/data/{{dataset}}.pt",
+        data=rules.prepare_dataset.output.data,
+        sidecar=rules.prepare_dataset.output.sidecar,
         weights=pretrained_weights,
     output:
         weights=f"{RESULTS}/runs/{RUN}/weights.pt",
@@ -21,6 +22,8 @@ rule train:
         settings=train_settings,
         weights_dir=config["weights_dir"],
         # Not an output: Snakemake would delete it when a job fails, and it is what a rerun resumes from.
-        checkpoint=lambda wildcards: f"{RESULTS}/checkpoints/{RUN.format(**wildcards)}/checkpoint.pt",
+        checkpoint=lambda wildcards: f"{RESULTS}/checkpoints/{RUN}/checkpoint.pt".format(
+            **wildcards
+        ),
     script:
         "../scripts/train.py"

@@ -1,6 +1,7 @@
 """Benchmark one trained model on the GPU or the CPU."""
-from cnnrepro import pipeline
+from cnnrepro.bench import benchmark_job
+from cnnrepro.logs import job_log
 
 sm = snakemake  # noqa: F821
-pipeline.benchmark_job(sm.params.settings, sm.input.weights, sm.input.data, sm.params.kind, sm.params.bench,
-                       sm.output[0], log_path=sm.log[0])
+with job_log(sm.log[0]):
+    benchmark_job(sm.params.settings, sm.input.weights, sm.input.data, sm.params.kind, sm.params.bench, sm.output[0])

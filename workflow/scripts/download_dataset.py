@@ -1,4 +1,7 @@
 """Download one dataset through torchvision (or verify the copy already in data_root)."""
-from cnnrepro import pipeline
+from cnnrepro.datasets import download
+from cnnrepro.logs import job_log
 
-pipeline.download_job(snakemake.wildcards.dataset, snakemake.params.root, log_path=snakemake.log[0])  # noqa: F821
+sm = snakemake  # noqa: F821
+with job_log(sm.log[0]):
+    download(sm.wildcards.dataset, sm.params.root)

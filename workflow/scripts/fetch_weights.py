@@ -1,5 +1,7 @@
 """Fetch one torchvision ImageNet weight file into weights_dir (hash-checked)."""
-from cnnrepro import pipeline
+from cnnrepro.logs import job_log
+from cnnrepro.models import fetch_weights_file
 
-pipeline.fetch_weights_job(snakemake.wildcards.weights_file, snakemake.params.weights_dir,  # noqa: F821
-                           log_path=snakemake.log[0])  # noqa: F821
+sm = snakemake  # noqa: F821
+with job_log(sm.log[0]):
+    fetch_weights_file(sm.wildcards.weights_file, sm.params.weights_dir)

@@ -1,6 +1,8 @@
 """Convert one dataset once into the compact uint8 tensor file that training reads."""
-from cnnrepro import pipeline
+from cnnrepro.datasets import prepare_files
+from cnnrepro.logs import job_log
 
 sm = snakemake  # noqa: F821
-pipeline.prepare_job(sm.wildcards.dataset, sm.params.settings, sm.params.root, sm.output.data,
-                     sm.output.classes, sm.output.plot, log_path=sm.log[0])
+with job_log(sm.log[0]):
+    prepare_files(sm.wildcards.dataset, sm.params.settings, sm.params.root, sm.output.data, sm.output.classes,
+                  sm.output.plot)

@@ -1,5 +1,8 @@
 """Render the HTML report and the LaTeX tables."""
-from cnnrepro import pipeline
+from cnnrepro.logs import job_log
+from cnnrepro.report import render
 
 sm = snakemake  # noqa: F821
-pipeline.report_job(sm.config, sm.params.results, sm.output.html, sm.output.tex, log_path=sm.log[0])
+with job_log(sm.log[0]):
+    render(sm.config, sm.params.tables, sm.input.runs, sm.input.models, sm.params.classes, sm.output.html,
+           sm.output.tex)

@@ -1,13 +1,18 @@
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
 from cnnrepro import aggregate, config as cfg, io
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def fake_record(study, dataset, model, freeze="none", variant="base", seed=0, top1=0.5, extra=None, **settings):
     f1 = [0.1 * i for i in range(10)]
     return {
         "status": "ok",
+        "run_id": cfg.Run(study, dataset, model, freeze, variant, seed).id,
         "settings": {"study": study, "dataset": dataset, "model": model, "freeze": freeze, "variant": variant,
                      "seed": seed, "augment": settings.pop("augment", "none"),
                      "recipe": settings.pop("recipe", {}), "input": {}, "size_unit": settings.pop("size_unit", "MiB"),
@@ -22,6 +27,40 @@ def bench_cpu():
     return {"measured": True, "size": {"checkpoint_MiB": 3.0, "checkpoint_MB_1024000": 3.07, "state_dict_MiB": 2.9},
             "flops": {"flops_forward": 1e6}, "latency_paper": {"mean_ms": 5.0, "std_ms": 0.5},
             "latency_correct": {"median_ms": 4.0}, "device": {"device_name": "cpu model"}}
+
+
+def bench_record(study, dataset, model, freeze, kind):
+    """What benchmark_job writes: bench's record (which says its device kind) plus the run fields."""
+    record = bench_cpu() if kind == "cpu" else {"measured": False, "reason": "not measured: no CUDA device"}
+    return {**record, "device_kind": kind, "study": study, "dataset": dataset, "model": model, "freeze": freeze}
+
+
+def write_inputs(config, root, records=None):
+    """One metrics file per configured run and one record per configured benchmark, at paths unlike the
+    workflow's: the package must identify each file by its content. ``records`` replaces some runs' record."""
+    metrics, bench = [], []
+    for i, run in enumerate(cfg.expand_runs(config)):
+        record = (records or {}).get(run.id) or fake_record(run.study, run.dataset, run.model, run.freeze,
+                                                            run.variant, run.seed)
+        metrics.append(root / "metrics" / f"{i}.json")
+        io.write_json(metrics[-1], record)
+    for i, key in enumerate(aggregate.benchmarks(config)):
+        bench.append(root / "bench" / f"{i}.json")
+        io.write_json(bench[-1], bench_record(*key))
+    return metrics, bench
+
+
+def table_files(config, out_dir):
+    """(table name -> paper CSV, table name -> output CSV), as the aggregate rule passes them."""
+    tables = [t for s in config["studies"].values() for t in s["tables"]]
+    paper = {cfg.paper_table_path(config, t).name: cfg.paper_table_path(config, t) for t in tables}
+    return paper, {name: out_dir / "tables" / name for name in paper}
+
+
+def run_aggregate(config, root, metrics, bench):
+    paper, out = table_files(config, root / "out")
+    return aggregate.aggregate(config, metrics, bench, paper, out, root / "out" / "runs.csv",
+                               root / "out" / "models.csv")
 
 
 def test_summary_picks_the_papers_size_unit():
@@ -39,7 +78,7 @@ def test_paper_table_keeps_printed_digits_and_means_over_seeds(tmp_path):
                                         "dataset": {"CIFAR-10": {"dataset": "cifar10"}}},
              "metrics": {"acc_pct": "test_top1_pct", "loss": "train_loss_last", "missing_col": "x"}}
     summaries = [aggregate.summarize(fake_record("s", "cifar10", "a", seed=s, top1=t)) for s, t in ((0, .5), (1, .7))]
-    frame = aggregate.paper_table(table, "s", summaries, tmp_path)
+    frame = aggregate.paper_table(table, "s", summaries, tmp_path / "t.csv")
     assert list(frame.columns) == ["model", "dataset", "acc_pct_paper", "acc_pct_ours", "loss_paper", "loss_ours",
                                    "runs_ours"]
     a, b = frame.to_dict("records")
@@ -57,28 +96,91 @@ def test_match_by_run_field_and_templates(tmp_path):
     runs = [aggregate.summarize(fake_record("s", "cifar10", "m", recipe={"batch_size": bs, "epochs": 1},
                                             grid={"recipe.batch_size": bs, "recipe.epochs": 300}))
             for bs in (250, 500)]
-    frame = aggregate.paper_table(table, "s", runs, tmp_path)
+    frame = aggregate.paper_table(table, "s", runs, tmp_path / "t.csv")
     assert frame["f1_ours"].tolist() == [pytest.approx(0.3), pytest.approx(0.45)]
     assert frame["runs_ours"].tolist() == [1, 1]
 
 
 def test_every_configured_table_is_written_with_paper_columns(raw_config, tmp_path):
     config = cfg.validate(raw_config)
-    run = cfg.Run("seed001_resnet_mobilenet_cifar10", "cifar10", "mobilenet", "none", "base", 0)
-    io.write_json(tmp_path / "runs" / run.id / "metrics.json",
-                  fake_record(run.study, run.dataset, run.model, top1=0.8418))
-    written = aggregate.aggregate(config, tmp_path)
+    seed001 = "seed001_resnet_mobilenet_cifar10/cifar10/{}/none/base/seed0"
+    records = {seed001.format("mobilenet"): fake_record(*seed001.format("mobilenet").split("/")[:4], top1=0.8418),
+               seed001.format("resnet18_cifar"): {
+                   "status": "diverged", "run_id": seed001.format("resnet18_cifar"), "epochs_run": 2,
+                   "settings": fake_record(*seed001.format("resnet18_cifar").split("/")[:4])["settings"]}}
+    written = run_aggregate(config, tmp_path, *write_inputs(config, tmp_path, records))
     files = {t["file"] for s in config["studies"].values() for t in s["tables"]}
     assert files | {"runs.csv", "models.csv"} == set(written)
+    assert written["runs.csv"] == tmp_path / "out" / "runs.csv"
     for name in files:
         frame = pd.read_csv(written[name], dtype=str, keep_default_na=False)
         paper_cols = [c for c in frame.columns if c.endswith("_paper")]
         assert paper_cols and all(frame[c].ne("").any() for c in paper_cols if "top5" not in c)
     seed001 = pd.read_csv(written["seed001_accuracy_cifar10.csv"])
     assert seed001.set_index("model").loc["MobileNet", "test_acc_pct_ours"] == pytest.approx(84.18)
-    assert pd.isna(seed001.set_index("model").loc["ResNet", "test_acc_pct_ours"])
+    assert pd.isna(seed001.set_index("model").loc["ResNet", "test_acc_pct_ours"])  # diverged: no numbers
     seed002 = pd.read_csv(written["seed002_table1_squeezenet.csv"])
     assert "params_count_ours" in seed002 and "params_count_paper" in seed002
+    assert (seed002["cpu_time_ms_mean_ours"] == 5.0).all()  # each benchmark found by its content
+    assert len(pd.read_csv(written["runs.csv"])) == len(cfg.expand_runs(config))
+
+
+def test_a_configured_run_without_metrics_is_an_error_naming_it(raw_config, tmp_path):
+    config = cfg.validate(raw_config)
+    metrics, bench = write_inputs(config, tmp_path)
+    missing = cfg.expand_runs(config)[3].id
+    with pytest.raises(ValueError, match=f"no metrics file among the inputs for run {missing}"):
+        run_aggregate(config, tmp_path, metrics[:3] + metrics[4:], bench)
+
+
+def test_a_metrics_file_of_an_unknown_run_is_an_error_naming_the_file(raw_config, tmp_path):
+    config = cfg.validate(raw_config)
+    metrics, bench = write_inputs(config, tmp_path)
+    stray = tmp_path / "stray" / "metrics.json"
+    io.write_json(stray, fake_record("seed001_resnet_mobilenet_cifar10", "cifar10", "vgg19"))
+    with pytest.raises(ValueError, match=f"{stray}.*seed001_resnet_mobilenet_cifar10/cifar10/vgg19/none/base/seed0"
+                                         ".*config does not define"):
+        run_aggregate(config, tmp_path, [*metrics, stray], bench)
+
+
+def test_a_configured_benchmark_without_its_record_is_an_error(raw_config, tmp_path):
+    config = cfg.validate(raw_config)
+    metrics, bench = write_inputs(config, tmp_path)
+    study, dataset, model, freeze, kind = aggregate.benchmarks(config)[0]
+    with pytest.raises(ValueError, match=f"benchmark {study}/{dataset}/{model}/{freeze} \\({kind}\\)"):
+        run_aggregate(config, tmp_path, metrics, bench[1:])
+
+
+def test_a_table_file_may_be_a_path_outside_paper_tables(raw_config, tmp_path):
+    # The sixth study of the end-to-end test: its table is tests/data/paper_tables/tiny_table.csv (relative).
+    config = cfg.validate(cfg.deep_merge(raw_config, cfg.load_yaml(REPO / "tests" / "data" / "sixth_study.yaml")))
+    # And one more, by absolute path.
+    mine = tmp_path / "elsewhere" / "mine.csv"
+    mine.parent.mkdir()
+    mine.write_text("model,acc\nCNN,99.0\n")
+    config["studies"]["tiny_mnist_fcnn_vs_cnn"]["tables"].append(
+        {"file": str(mine), "match": {"model": {"CNN": {"model": "cnn"}}}, "metrics": {"acc": "test_top1_pct"}})
+    cfg.check_semantics(config)
+    written = run_aggregate(config, tmp_path, *write_inputs(config, tmp_path))
+    assert written["tiny_table.csv"] == tmp_path / "out" / "tables" / "tiny_table.csv"
+    tiny = pd.read_csv(written["tiny_table.csv"], dtype=str, keep_default_na=False).set_index("model")
+    assert tiny.loc["FCNN", "test_acc_pct_paper"] == "97.80" and tiny.loc["CNN", "runs_ours"] == "1"
+    assert float(tiny.loc["CNN", "test_acc_pct_ours"]) == pytest.approx(50.0)
+    assert pd.read_csv(written["mine.csv"])["acc_ours"].tolist() == [pytest.approx(50.0)]
+
+
+def test_two_tables_with_one_file_name_are_a_config_error_naming_both(raw_config, tmp_path):
+    copy = tmp_path / "mine" / "seed001_accuracy_cifar10.csv"
+    copy.parent.mkdir()
+    copy.write_text((REPO / "paper_tables" / "seed001_accuracy_cifar10.csv").read_text())
+    raw_config["studies"]["seed003_kmnist_fcnn_cnn"]["tables"].append(
+        {"file": str(copy), "metrics": {"test_acc_pct": "test_top1_pct"}})
+    with pytest.raises(cfg.ConfigError) as error:
+        cfg.validate(raw_config)
+    message = str(error.value)
+    assert "studies.seed003_kmnist_fcnn_cnn.tables[1].file" in message
+    assert "studies.seed001_resnet_mobilenet_cifar10.tables[0].file" in message
+    assert "tables/seed001_accuracy_cifar10.csv" in message
 
 
 def test_diverged_runs_are_listed_without_numbers():

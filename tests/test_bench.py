@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from cnnrepro import bench
+from tests.conftest import bench_options
 
 
 class TinyNet(nn.Module):
@@ -209,20 +210,19 @@ def test_not_measured_record():
 
 
 def test_run_benchmark_gpu_without_cuda(monkeypatch):
-    monkeypatch.setattr(bench, "cuda_available", lambda: False)
-    rec = bench.run_benchmark(TinyNet(), SHAPE, "gpu", {})
+    monkeypatch.setattr(bench.devices, "cuda_available", lambda: False)
+    rec = bench.run_benchmark(TinyNet(), SHAPE, "gpu", bench_options())
     assert rec == {"measured": False, "reason": "not measured: no CUDA device", "device_kind": "gpu"}
 
 
 def test_run_benchmark_rejects_unknown_kind():
     with pytest.raises(ValueError):
-        bench.run_benchmark(TinyNet(), SHAPE, "tpu", {})
+        bench.run_benchmark(TinyNet(), SHAPE, "tpu", bench_options())
 
 
 def test_run_benchmark_cpu_full_record():
     before = torch.get_num_threads()
-    settings = {"runs": 4, "warmup": 1, "num_threads": 1, "paper_runs": 6, "batch_sizes": [1, 2],
-                "throughput_runs": 2}
+    settings = bench_options(runs=4, warmup=1, num_threads=1, paper_runs=6, batch_sizes=[1, 2], throughput_runs=2)
     rec = bench.run_benchmark(TinyNet(), SHAPE, "cpu", settings)
     assert torch.get_num_threads() == before
     assert rec["measured"] is True
@@ -237,15 +237,14 @@ def test_run_benchmark_cpu_full_record():
     assert rec["settings"]["num_threads"] == 1
 
 
-def test_benchmark_model_defaults_and_paper_inputs():
+def test_benchmark_model_paper_inputs_and_default_threads():
     before = torch.get_num_threads()
     rec = bench.benchmark_model(
-        TinyNet(), SHAPE, "cpu", {"runs": 3, "warmup": 0, "batch_sizes": [1], "throughput_runs": 1},
+        TinyNet(), SHAPE, "cpu", bench_options(runs=3, warmup=0, batch_sizes=[1], throughput_runs=1, num_threads=None),
         paper_inputs=torch.randn(3, *SHAPE),
     )
-    assert rec["latency_paper"]["runs"] == 3
+    assert rec["latency_paper"]["runs"] == 3  # the inputs given, not paper_runs random ones
     assert rec["settings"]["num_threads"] == before  # None: torch default kept and recorded
-    assert rec["settings"]["paper_runs"] == 200
 
 
 def test_record_is_json_serialisable(tmp_path):
@@ -253,7 +252,7 @@ def test_record_is_json_serialisable(tmp_path):
 
     rec = bench.benchmark_model(
         TinyNet(), SHAPE, "cpu",
-        {"runs": 2, "warmup": 0, "paper_runs": 2, "batch_sizes": [1], "throughput_runs": 1, "num_threads": 1},
+        bench_options(runs=2, warmup=0, paper_runs=2, batch_sizes=[1], throughput_runs=1, num_threads=1),
     )
     write_json(tmp_path / "r.json", rec)
     assert read_json(tmp_path / "r.json")["measured"] is True

@@ -19,7 +19,7 @@ def test_run_id_encodes_every_field(raw_config):
     config = cfg.validate(raw_config)
     run = cfg.expand_runs(config, ["seed004_squeezenet_transfer_cifar10"])[-1]
     assert run.id == "seed004_squeezenet_transfer_cifar10/cifar10/squeezenet1_1/none/batch_size-500_epochs-300/seed0"
-    assert cfg.find_run(config, run.wildcards) == run
+    assert cfg.settings_by_run(config)[run.id]["run_id"] == run.id
 
 
 def test_grid_and_exclude(raw_config):
@@ -78,17 +78,76 @@ def test_defaults_are_filled_from_the_schema(raw_config):
 def test_bad_config_names_the_field(raw_config, mutate, field, words):
     mutate(raw_config)
     with pytest.raises(cfg.ConfigError) as error:
-        cfg.validate(raw_config)
+        cfg.settings_by_run(cfg.validate(raw_config))
     assert f"'{field}'" in str(error.value)
     assert words in str(error.value)
 
 
-def test_schema_lists_match_the_registries():
-    schema = yaml.safe_load(cfg.SCHEMA_PATH.read_text())
-    assert set(schema["definitions"]["model_name"]["enum"]) == set(models.MODEL_NAMES)
-    assert set(schema["definitions"]["dataset_name"]["enum"]) == set(datasets.DATASETS)
-    assert cfg.DATASET_CLASSES == {k: v.num_classes for k, v in datasets.DATASETS.items()}
-    assert cfg.DATASET_CHANNELS == {k: v.channels for k, v in datasets.DATASETS.items()}
+def test_schema_name_lists_come_from_the_registrations():
+    from cnnrepro import augment
+
+    schema = cfg.load_schema()
+    assert schema["definitions"]["model_name"]["enum"] == list(models.model_names())
+    assert schema["definitions"]["dataset_name"]["enum"] == list(datasets.DATASETS)
+    assert schema["definitions"]["augment_name"]["enum"] == list(augment.AUGMENTATIONS)
+
+
+def test_optimizers_of_the_schema_are_the_ones_the_engine_builds():
+    from cnnrepro.recipe import OPTIMIZERS
+
+    assert set(cfg.recipe_branches()["optimizer"]) == set(OPTIMIZERS)
+    assert set(cfg.load_schema()["definitions"]["recipe"]["properties"]["optimizer"]["enum"]) == set(OPTIMIZERS)
+
+
+@pytest.mark.parametrize("study, key, value, chosen", [
+    ("seed002_squeezenet_dsc", "momentum", 0.9, "optimizer 'adam'"),
+    ("seed000_resnet_mnist", "betas", [0.9, 0.99], "optimizer 'sgd'"),
+    ("seed003_kmnist_fcnn_cnn", "patience", 3, "schedule 'keras_plateau'"),
+    ("seed001_resnet_mobilenet_cifar10", "max_epochs", 30, "schedule 'constant'"),
+    ("seed002_squeezenet_dsc", "stop_patience", 3, "schedule 'plateau_drop'"),
+])
+def test_a_recipe_key_the_chosen_optimizer_or_schedule_does_not_use_is_an_error(raw_config, study, key, value,
+                                                                                 chosen):
+    raw_config["studies"][study]["recipe"][key] = value
+    with pytest.raises(cfg.ConfigError) as error:
+        cfg.settings_by_run(cfg.validate(raw_config))
+    message = str(error.value)
+    assert f"'studies.{study}.recipe.{key}'" in message and f"{chosen} does not use '{key}'" in message
+    assert "uses:" in message
+
+
+def test_defaults_are_filled_per_run_for_the_chosen_optimizer_and_schedule(raw_config):
+    settings = cfg.settings_by_run(cfg.validate(raw_config))
+    seed000 = settings["seed000_resnet_mnist/mnist/resnet18/head/base/seed0"]["recipe"]
+    assert seed000["weight_decay"] == 0.0 and "betas" not in seed000 and "max_epochs" not in seed000
+    seed002 = settings["seed002_squeezenet_dsc/cifar10/vgg19/none/base/seed0"]["recipe"]
+    assert (seed002["betas"], seed002["eps"], seed002["monitor"], seed002["max_drops"]) == ([0.9, 0.999], 1e-8,
+                                                                                            "train_loss", 4)
+    assert "epochs" not in seed002 and "momentum" not in seed002
+
+
+def test_grid_values_are_checked_like_the_recipe(raw_config):
+    raw_config["studies"]["seed004_squeezenet_transfer_cifar10"]["grid"]["recipe.batch_size"] = [250, 0]
+    with pytest.raises(cfg.ConfigError, match="'studies.seed004_squeezenet_transfer_cifar10.recipe.batch_size'"):
+        cfg.settings_by_run(cfg.validate(raw_config))
+    raw_config["studies"]["seed004_squeezenet_transfer_cifar10"]["grid"] = {"recipe.batchsize": [250]}
+    with pytest.raises(cfg.ConfigError, match="misspelt"):
+        cfg.settings_by_run(cfg.validate(raw_config))
+
+
+@pytest.mark.parametrize("cap", [1, 3, 100, 1000])
+def test_any_epoch_cap_works_for_every_run(raw_config, cap):
+    from cnnrepro.schedules import make_schedule
+
+    raw_config["limits"] = {"max_epochs": cap}
+    for run_id, settings in cfg.settings_by_run(cfg.validate(raw_config)).items():
+        recipe = settings["recipe"]
+        length = recipe[cfg.run_length_key(recipe)]
+        schedule = make_schedule(recipe)  # a cap must never make a recipe the schedule refuses
+        configured = raw_config["studies"][settings["study"]]["recipe"]
+        natural = settings["grid"].get("recipe.epochs", configured.get("epochs", configured.get("max_epochs")))
+        assert length == min(cap, natural or length), run_id
+        assert schedule.describe()[cfg.run_length_key(recipe)] == length
 
 
 def test_presets_validate(raw_config):

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from cnnrepro import datasets as ds
+from tests.conftest import data_options
 from cnnrepro.datasets import (
     DATASETS,
     DatasetCorrupt,
@@ -104,6 +105,7 @@ def test_synthetic_deterministic():
     assert not torch.equal(a["train"][0], c["train"][0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["mnist", "cifar10"])
 def test_synthetic_learnable_by_linear_model(name):
     data = make_synthetic(name, 400, 200, seed=0)
@@ -309,10 +311,10 @@ def test_kmnist_empty_train_placeholder_is_corrupt(tmp_path):
     src = _need("KMNIST")
     shutil.copytree(src, tmp_path / "KMNIST")
     with pytest.raises(DatasetCorrupt, match="train-images-idx3-ubyte"):
-        load_torchvision("kmnist", tmp_path, expect_full=False)
+        load_torchvision("kmnist", tmp_path)
 
 
-def test_short_but_valid_split_needs_expect_full_false(tmp_path):
+def test_short_but_valid_split_is_refused(tmp_path):
     src = _need("MNIST/raw")
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
@@ -324,10 +326,8 @@ def test_short_but_valid_split_needs_expect_full_false(tmp_path):
     labels = (src / "train-labels-idx1-ubyte").read_bytes()
     (raw / "train-images-idx3-ubyte").write_bytes(images[:4] + (100).to_bytes(4, "big") + images[8:16 + 100 * 784])
     (raw / "train-labels-idx1-ubyte").write_bytes(labels[:4] + (100).to_bytes(4, "big") + labels[8:8 + 100])
-    with pytest.raises(DatasetCorrupt, match="expected 60000"):
+    with pytest.raises(DatasetCorrupt, match="100 samples, expected 60000"):
         load_torchvision("mnist", tmp_path)
-    data = load_torchvision("mnist", tmp_path, expect_full=False)
-    assert data["train"][0].shape == (100, 1, 28, 28) and len(data["test"][1]) == 10000
 
 
 # --- npz source ----------------------------------------------------------------------------------------------------------
@@ -361,8 +361,8 @@ def test_real_cifar10_npz_subset_and_carved_test(tmp_path):
     assert torch.equal(x[123], torch.from_numpy(raw[123]).permute(2, 0, 1))
 
     out = tmp_path / "cifar10.pt"
-    side = prepare("cifar10", "npz", tmp_path, out, {"npz": {"train": str(npz)}, "split_test_from_train": 2000,
-                                                    "seed": 0})
+    side = prepare("cifar10", "npz", tmp_path, out, data_options(npz={"train": str(npz)}, split_test_from_train=2000,
+                                                                 seed=0))
     assert side["splits"]["test"]["count"] == 2000 and side["splits"]["train"]["count"] == 8000
     assert side["meta"]["split_test_from_train"]["n_test"] == 2000
     test_counts = np.array(side["splits"]["test"]["class_counts"])
@@ -377,7 +377,7 @@ def test_real_cifar10_npz_subset_and_carved_test(tmp_path):
 
 def test_prepare_synthetic_and_subsample(tmp_path):
     out = tmp_path / "data" / "mnist.pt"
-    opts = {"synthetic_train": 300, "synthetic_test": 100, "subsample_train": 50, "subsample_test": None, "seed": 4}
+    opts = data_options(synthetic_train=300, synthetic_test=100, subsample_train=50, subsample_test=None, seed=4)
     side = prepare("mnist", "synthetic", tmp_path / "root", out, opts)
     assert side["splits"]["train"]["count"] == 50 and side["splits"]["test"]["count"] == 100
     assert side["splits"]["train"]["class_counts"] == [5] * 10
@@ -392,17 +392,17 @@ def test_prepare_synthetic_and_subsample(tmp_path):
 
 def test_prepare_errors(tmp_path):
     with pytest.raises(ValueError, match="torchvision.*npz.*synthetic"):
-        prepare("mnist", "http", tmp_path, tmp_path / "x.pt", {})
+        prepare("mnist", "http", tmp_path, tmp_path / "x.pt", data_options())
     with pytest.raises(ValueError, match="cifar10"):
-        prepare("imagenet", "synthetic", tmp_path, tmp_path / "x.pt", {})
+        prepare("imagenet", "synthetic", tmp_path, tmp_path / "x.pt", data_options())
     with pytest.raises(DatasetUnavailable):
-        prepare("cifar10", "torchvision", tmp_path, tmp_path / "x.pt", {})
+        prepare("cifar10", "torchvision", tmp_path, tmp_path / "x.pt", data_options())
     assert not (tmp_path / "x.pt").exists()
 
 
 def test_prepare_real_mnist_subsampled(tmp_path):
     root = _need("MNIST/raw").parents[1]
-    side = prepare("mnist", "torchvision", root, tmp_path / "m.pt", {"subsample_train": 600, "subsample_test": 100})
+    side = prepare("mnist", "torchvision", root, tmp_path / "m.pt", data_options(subsample_train=600, subsample_test=100))
     assert side["splits"]["train"]["count"] == 600 and side["meta"]["original_counts"]["train"] == 60000
     assert abs(side["splits"]["train"]["class_counts"][1] - 600 * 6742 / 60000) < 1.0
 

@@ -1,5 +1,6 @@
 """The real snakemake command on the smoke preset, in a temporary copy of the workflow."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -12,7 +13,11 @@ import pytest
 from cnnrepro import config as cfg
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ["Snakefile", "config.yaml", "workflow", "presets", "paper_tables", "report", "profiles", "envs", "src"]
+WORKFLOW_FILES = ["Snakefile", "config.yaml", "workflow", "presets", "paper_tables", "report", "profiles", "envs", "src",
+                  "tests/data"]
+# One real snakemake run covers the smoke preset and a sixth study added by configuration only.
+CONFIGFILES = ("presets/smoke.yaml", "tests/data/sixth_study.yaml")
+SIXTH = "tiny_mnist_fcnn_vs_cnn"
 
 
 def copy_workflow(dest: Path) -> Path:
@@ -31,14 +36,27 @@ def snakemake(workdir: Path, *args: str, timeout: int = 1800) -> subprocess.Comp
                           timeout=timeout)
 
 
+@contextlib.contextmanager
+def working_directory(path: Path):
+    """Relative paths in the config (paper tables) resolve against the workdir, as snakemake's do."""
+    before = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     workdir = copy_workflow(tmp_path_factory.mktemp("smoke"))
-    result = snakemake(workdir, "--cores", "2", "--configfile", "presets/smoke.yaml")
+    result = snakemake(workdir, "--cores", "2", "--configfile", *CONFIGFILES)
     assert result.returncode == 0, result.stderr[-4000:]
-    config = cfg.validate(cfg.deep_merge(cfg.load_yaml(workdir / "config.yaml"),
-                                         cfg.load_yaml(workdir / "presets" / "smoke.yaml")),
-                          workdir / "workflow" / "schemas" / "config.schema.yaml")
+    config = cfg.load_yaml(workdir / "config.yaml")
+    for overlay in CONFIGFILES:
+        config = cfg.deep_merge(config, cfg.load_yaml(workdir / overlay))
+    with working_directory(workdir):
+        cfg.validate(config, workdir / "workflow" / "schemas" / "config.schema.yaml")
     return workdir, config, workdir / config["results"]
 
 
@@ -48,7 +66,7 @@ def test_every_run_has_metrics_history_and_log(smoke):
     runs = cfg.expand_runs(config)
     assert {r.study for r in runs} >= {"seed000_resnet_mnist", "seed001_resnet_mobilenet_cifar10",
                                        "seed002_squeezenet_dsc", "seed003_kmnist_fcnn_cnn",
-                                       "seed004_squeezenet_transfer_cifar10"}
+                                       "seed004_squeezenet_transfer_cifar10", SIXTH}
     for run in runs:
         metrics = json.loads((results / "runs" / run.id / "metrics.json").read_text())
         assert metrics["status"] == "ok" and metrics["run_id"] == run.id
@@ -68,11 +86,12 @@ def test_synthetic_data_is_learned_well_above_chance(smoke):
 
 @pytest.mark.e2e
 def test_every_paper_table_has_paper_and_our_columns(smoke):
-    _, config, results = smoke
+    workdir, config, results = smoke
     for study in config["studies"].values():
         for table in study.get("tables", []):
-            frame = pd.read_csv(results / "tables" / table["file"], dtype=str, keep_default_na=False)
-            paper = pd.read_csv(REPO / "paper_tables" / table["file"], dtype=str, keep_default_na=False)
+            source = workdir / cfg.paper_table_path(config, table)  # a bare name or a path, as configured
+            frame = pd.read_csv(results / "tables" / source.name, dtype=str, keep_default_na=False)
+            paper = pd.read_csv(source, dtype=str, keep_default_na=False)
             assert len(frame) == len(paper)
             for column in table["metrics"]:
                 if column in paper.columns:
@@ -82,6 +101,26 @@ def test_every_paper_table_has_paper_and_our_columns(smoke):
     seed002 = pd.read_csv(results / "tables" / "seed002_table6_cifar10.csv")
     assert (seed002["params_count_ours"] == seed002["params_count_paper"]).all()
     assert seed002["gpu_time_ms_mean_ours"].isna().all() if "gpu_time_ms_mean_ours" in seed002 else True
+
+
+@pytest.mark.e2e
+def test_a_study_added_by_configuration_only_gets_its_table(smoke):
+    """The sixth study: existing dataset and models, its own recipe, its table outside paper_tables/."""
+    _, config, results = smoke
+    assert config["studies"][SIXTH]["tables"][0]["file"] == "tests/data/paper_tables/tiny_table.csv"
+    frame = pd.read_csv(results / "tables" / "tiny_table.csv", dtype=str, keep_default_na=False).set_index("model")
+    assert frame.loc["FCNN", "test_acc_pct_paper"] == "97.80" and frame.loc["CNN", "test_acc_pct_paper"] == "99.10"
+    assert frame.loc["FCNN", "final_train_loss_paper"] == "0.0710" and frame.loc["CNN", "params_paper"] == "225034"
+    for column in ("test_acc_pct_ours", "final_train_loss_ours", "params_ours"):
+        assert frame[column].ne("").all(), column
+    assert (frame["runs_ours"].astype(int) > 0).all()
+    assert 0 <= float(frame.loc["CNN", "test_acc_pct_ours"]) <= 100
+    for model in ("fcnn", "cnn"):
+        metrics = json.loads((results / "runs" / SIXTH / "mnist" / model / "none/base/seed0/metrics.json").read_text())
+        assert metrics["settings"]["recipe"]["batch_size"] == 32 and metrics["settings"]["recipe"]["optimizer"] == "adam"
+    assert not (results / "bench" / SIXTH).exists()  # benchmark: false
+    assert "tiny\\_table.csv" in (results / "report" / "tables.tex").read_text()
+    assert SIXTH in (results / "report" / "index.html").read_text()
 
 
 @pytest.mark.e2e
@@ -111,7 +150,7 @@ def test_report_names_every_study_and_latex_has_booktabs(smoke):
 @pytest.mark.e2e
 def test_second_run_has_nothing_to_do(smoke):
     workdir, _, _ = smoke
-    result = snakemake(workdir, "-n", "--cores", "2", "--configfile", "presets/smoke.yaml", timeout=300)
+    result = snakemake(workdir, "-n", "--cores", "2", "--configfile", *CONFIGFILES, timeout=300)
     assert result.returncode == 0
     assert "Nothing to be done" in result.stdout + result.stderr
 

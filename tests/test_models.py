@@ -1,4 +1,4 @@
-"""Model zoo tests: exact parameter counts from models.md, shapes, init, freezing, offline weights.
+"""Model zoo tests: exact parameter counts the papers print, shapes, init, freezing, offline weights.
 
 No test touches the network; pretrained weights are faked with randomly initialised state dicts.
 """
@@ -13,17 +13,17 @@ import torchvision
 from torch import nn
 
 from cnnrepro.models import (
-    MODEL_NAMES,
     apply_freeze,
     build_model,
     count_params,
     get_spec,
     load_weights,
+    model_names,
     set_bn_mode,
     weights_file,
 )
 
-CIFAR_COUNTS = {  # (10 classes, 100 classes), models.md seed 002
+CIFAR_COUNTS = {  # (10 classes, 100 classes), seed 002 Tabelas 1-5
     "squeezenet": (746_638, 792_988),
     "squeezenet_dsc": (248_670, 295_020),
     "mobilenet": (3_217_226, 3_309_476),
@@ -53,12 +53,13 @@ def _no_network(monkeypatch):
 
 
 def test_names_and_specs():
-    assert set(MODEL_NAMES) == set(CIFAR_COUNTS) | set(TEN_CLASS_COUNTS)
+    assert set(model_names()) == set(CIFAR_COUNTS) | set(TEN_CLASS_COUNTS)
     assert get_spec("resnet50").pretrained_weights == "ResNet50_Weights.IMAGENET1K_V1"
     assert get_spec("squeezenet1_1").pretrained_weights == "SqueezeNet1_1_Weights.IMAGENET1K_V1"
     assert get_spec("squeezenet1_1").head == "classifier.1"
     assert get_spec("resnet18").head == "fc"
-    assert get_spec("cnn").expects_rgb is False and get_spec("cnn").native_input_size == 28
+    assert get_spec("cnn").channels == 1 and get_spec("cnn").input_size == 28
+    assert get_spec("resnet18").feature_split is not None and get_spec("resnet18_cifar").feature_split is None
 
 
 def test_unknown_name_lists_valid_names():

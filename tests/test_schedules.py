@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from cnnrepro import config as cfg
 from cnnrepro.schedules import (
     ConstantSchedule,
     EpochDecision,
@@ -15,6 +16,15 @@ from cnnrepro.schedules import (
     Schedule,
     make_schedule,
 )
+
+
+def recipe(schedule: str, **keys) -> dict:
+    """A recipe as the config resolves it: checked, with the schema's defaults (the authors' values) filled."""
+    return cfg.check_recipe({"schedule": schedule, "batch_size": 1, **keys}, "r")
+
+
+def seed002(lr: float, **keys) -> PlateauDropSchedule:
+    return make_schedule(recipe("plateau_drop", lr=lr, **keys))
 
 
 def run(schedule: Schedule, losses, key="train_loss", accs=None, start=1):
@@ -74,7 +84,7 @@ def test_constant_best_false_without_eval_acc():
 
 
 def test_plateau_drop_decreasing_by_002_never_drops():
-    s = PlateauDropSchedule(0.01)
+    s = seed002(0.01)
     losses = [5.0 - 0.02 * k for k in range(300)]
     ds = run(s, losses)
     assert len(ds) == 200
@@ -85,7 +95,7 @@ def test_plateau_drop_decreasing_by_002_never_drops():
 
 
 def test_plateau_drop_flat_loss_epochs_and_lrs():
-    s = PlateauDropSchedule(0.01)
+    s = seed002(0.01)
     ds = run(s, [1.0] * 300)
     # epoch 1 has no previous loss; epochs 2..11 are the 10 stalled epochs
     assert drop_epochs(ds, 0.01) == [11, 21, 31, 41]
@@ -104,14 +114,14 @@ def test_plateau_drop_flat_loss_epochs_and_lrs():
 
 
 def test_plateau_drop_increase_counts_as_stalled():
-    s = PlateauDropSchedule(0.01)
+    s = seed002(0.01)
     ds = run(s, [1.0 + 0.5 * k for k in range(100)])
     assert drop_epochs(ds, 0.01) == [11, 21, 31, 41]
     assert ds[-1].reason == "max_drops"
 
 
 def test_plateau_drop_counter_resets_on_improvement():
-    s = PlateauDropSchedule(0.01)
+    s = seed002(0.01)
     # epochs 1-10 flat (9 stalls: epochs 2..10), epoch 11 improves by 0.5 -> reset
     losses = [1.0] * 10 + [0.5] * 100
     ds = run(s, losses)
@@ -121,18 +131,18 @@ def test_plateau_drop_counter_resets_on_improvement():
 
 def test_plateau_drop_improvement_equal_to_threshold_is_not_stalled():
     # 0.25 and these losses are exact in binary: 1.0 - 0.75 == 0.25 is not < 0.25
-    s = PlateauDropSchedule(1.0, threshold=0.25, patience=2, max_drops=1)
+    s = seed002(1.0, threshold=0.25, patience=2, max_drops=1)
     ds = run(s, [1.0, 0.75, 0.5, 0.25, 0.25, 0.25])
     assert [s_.lr for s_ in ds] == [1.0, 1.0, 1.0, 1.0, 1.0, pytest.approx(0.1)]
     assert ds[-1].stop and ds[-1].reason == "max_drops" and len(ds) == 6
     # a decrease smaller than the threshold is stalled
-    s = PlateauDropSchedule(1.0, threshold=0.25, patience=2, max_drops=1)
+    s = seed002(1.0, threshold=0.25, patience=2, max_drops=1)
     ds = run(s, [1.0, 0.875, 0.75])
     assert ds[-1].stop and ds[-1].lr == pytest.approx(0.1)
 
 
 def test_plateau_drop_200_epoch_cap_with_recurring_resets():
-    s = PlateauDropSchedule(0.01)
+    s = seed002(0.01)
     # 9 stalls then a big improvement, repeated: never 10 in a row
     losses, v = [], 1000.0
     for k in range(400):
@@ -145,23 +155,23 @@ def test_plateau_drop_200_epoch_cap_with_recurring_resets():
 
 
 def test_plateau_drop_stop_at_max_drops_precedes_max_epochs():
-    s = PlateauDropSchedule(0.01, max_epochs=41)
+    s = seed002(0.01, max_epochs=41)
     ds = run(s, [1.0] * 50)
     assert len(ds) == 41 and ds[-1].reason == "max_drops"
 
 
 def test_plateau_drop_best_is_highest_eval_acc():
-    s = PlateauDropSchedule(0.01)
+    s = seed002(0.01)
     ds = run(s, [1.0] * 5, accs=[10.0, 30.0, 20.0, 30.0, 31.0])
     assert [d.best for d in ds] == [True, True, False, False, True]
     assert s.best_epoch == 5
 
 
 def test_plateau_drop_monitor_key():
-    s = PlateauDropSchedule(0.01, monitor="eval_loss", patience=1, max_drops=1)
+    s = seed002(0.01, monitor="eval_loss", patience=1, max_drops=1)
     with pytest.raises(KeyError):
         s.end_epoch(1, {"train_loss": 1.0})
-    s = PlateauDropSchedule(0.01, monitor="eval_loss", patience=1, max_drops=1)
+    s = seed002(0.01, monitor="eval_loss", patience=1, max_drops=1)
     ds = run(s, [1.0, 1.0], key="eval_loss")
     assert ds[-1].stop and ds[-1].reason == "max_drops"
 
@@ -171,7 +181,7 @@ def test_plateau_drop_monitor_key():
 
 def keras(**kw):
     kw.setdefault("lr", 1e-3)
-    return KerasPlateauSchedule(**kw)
+    return make_schedule(recipe("keras_plateau", **kw))
 
 
 def test_keras_flat_reduce_at_6_and_11_stop_at_11():
@@ -310,8 +320,8 @@ def test_epochs_must_be_consecutive_and_not_after_stop():
         s.end_epoch(3, {})
 
 
-def test_describe():
-    s = make_schedule({"schedule": "plateau_drop", "lr": 0.01, "optimizer": "adam"})
+def test_describe_and_the_authors_defaults_held_by_the_schema():
+    s = make_schedule(recipe("plateau_drop", lr=0.01, optimizer="adam"))
     assert s.describe() == {
         "schedule": "plateau_drop",
         "lr": 0.01,
@@ -321,9 +331,8 @@ def test_describe():
         "patience": 10,
         "factor": 0.1,
         "max_drops": 4,
-        "max_epochs_cap": None,
     }
-    k = make_schedule({"schedule": "keras_plateau", "lr": 1e-3}).describe()
+    k = keras().describe()
     assert k["reduce_patience"] == 5 and k["stop_patience"] == 10
     assert k["reduce_min_delta"] == 1e-4 and k["stop_min_delta"] == 0.0
     assert k["monitor"] == "eval_loss" and k["max_epochs"] == 10000
@@ -336,13 +345,13 @@ def test_describe():
 RESUME_CASES = [
     (lambda: ConstantSchedule(0.1, 12), "train_loss", [1.0] * 12, [3, 7]),
     (
-        lambda: PlateauDropSchedule(0.01),
+        lambda: seed002(0.01),
         "train_loss",
         [1.0] * 15 + [0.5] + [0.5 + 0.001 * k for k in range(60)],
         [1, 5, 11, 16, 25],
     ),
     (
-        lambda: KerasPlateauSchedule(1e-3, reduce_patience=2, cooldown=2, stop_patience=7),
+        lambda: keras(reduce_patience=2, cooldown=2, stop_patience=7),
         "eval_loss",
         [1.0, 0.9, 0.9, 0.9, 0.89999, 0.9, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8],
         [1, 3, 4, 5, 8, 12],
@@ -374,51 +383,18 @@ def run_state(factory, losses, key, accs):
 
 
 def test_state_is_strict_json_with_nonfinite_values():
-    s = PlateauDropSchedule(0.01)
+    s = seed002(0.01)
     s.end_epoch(1, {"train_loss": float("inf")})
     state = s.state_dict()
     json.dumps(state, allow_nan=False)
-    t = PlateauDropSchedule(0.01)
+    t = seed002(0.01)
     t.load_state_dict(json.loads(json.dumps(state)))
     assert t.prev == math.inf
 
 
 def test_load_state_dict_rejects_other_schedule():
     with pytest.raises(ValueError):
-        ConstantSchedule(0.1, 3).load_state_dict(PlateauDropSchedule(0.1).state_dict())
-
-
-# --------------------------------------------------------------------------- cap
-
-
-@pytest.mark.parametrize(
-    "recipe",
-    [
-        {"schedule": "constant", "lr": 1e-4, "epochs": 30},
-        {"schedule": "plateau_drop", "lr": 0.01},
-        {"schedule": "keras_plateau", "lr": 1e-3},
-    ],
-)
-def test_cap_one_epoch(recipe):
-    s = make_schedule(recipe, max_epochs_cap=1)
-    d = s.end_epoch(1, {"train_loss": 1.0, "eval_loss": 1.0, "eval_acc": 0.1})
-    assert d.stop and d.reason == "epoch_cap" and d.best
-    assert s.describe()["max_epochs_cap"] == 1
-
-
-def test_cap_larger_than_natural_end_keeps_natural_reason():
-    s = make_schedule({"schedule": "constant", "lr": 0.1, "epochs": 3}, max_epochs_cap=5)
-    ds = run(s, [1.0] * 10)
-    assert len(ds) == 3 and ds[-1].reason == "max_epochs"
-    s = make_schedule({"schedule": "plateau_drop", "lr": 0.01}, max_epochs_cap=15)
-    ds = run(s, [1.0] * 50)
-    assert len(ds) == 15 and ds[-1].reason == "epoch_cap"
-    assert drop_epochs(ds, 0.01) == [11]
-
-
-def test_cap_must_be_positive():
-    with pytest.raises(ValueError):
-        make_schedule({"schedule": "constant", "lr": 0.1, "epochs": 3}, max_epochs_cap=0)
+        ConstantSchedule(0.1, 3).load_state_dict(seed002(0.1).state_dict())
 
 
 # --------------------------------------------------------------------------- factory
@@ -435,11 +411,11 @@ def test_factory_builds_each_schedule_and_ignores_unrelated_keys():
     assert isinstance(p, PlateauDropSchedule)
     assert (p.max_epochs, p.threshold, p.patience, p.factor, p.max_drops, p.monitor) == (
         50, 0.02, 3, 0.5, 2, "eval_loss")
-    k = make_schedule({**common, "schedule": "keras_plateau", "lr": 1e-3,
+    k = make_schedule({**common, "schedule": "keras_plateau", "lr": 1e-3, "monitor": "eval_loss",
                        "reduce_factor": 0.5, "reduce_patience": 3, "reduce_min_delta": 0.01,
                        "cooldown": 1, "min_lr": 1e-6, "stop_patience": 7,
                        "stop_min_delta": 0.001, "max_epochs": 99,
-                       # plateau_drop-only keys are ignored by keras_plateau
+                       # plateau_drop-only keys are ignored by keras_plateau (the config rejects them earlier)
                        "patience": 2, "threshold": 0.5})
     assert isinstance(k, KerasPlateauSchedule)
     assert (k.reduce_factor, k.reduce_patience, k.reduce_min_delta, k.cooldown, k.min_lr,
@@ -447,24 +423,25 @@ def test_factory_builds_each_schedule_and_ignores_unrelated_keys():
         0.5, 3, 0.01, 1, 1e-6, 7, 0.001, 99)
 
 
-def test_factory_defaults_to_constant_and_epochs_aliases():
-    assert isinstance(make_schedule({"lr": 0.1, "epochs": 5}), ConstantSchedule)
-    assert make_schedule({"schedule": "constant", "lr": 0.1, "max_epochs": 4}).epochs == 4
-    assert make_schedule({"schedule": "keras_plateau", "lr": 0.1, "epochs": 10000}).max_epochs == 10000
-    with pytest.raises(ValueError):
-        make_schedule({"schedule": "plateau_drop", "lr": 0.1, "epochs": 5, "max_epochs": 6})
+def test_recipe_defaults_to_constant_and_each_schedule_has_its_own_length_key():
+    assert isinstance(make_schedule(cfg.check_recipe({"lr": 0.1, "batch_size": 1, "epochs": 5}, "r")),
+                      ConstantSchedule)
+    with pytest.raises(cfg.ConfigError, match="'r.max_epochs'.*constant"):
+        recipe("constant", lr=0.1, epochs=4, max_epochs=4)
+    with pytest.raises(cfg.ConfigError, match="'r.epochs'.*keras_plateau"):
+        recipe("keras_plateau", lr=0.1, epochs=10)
 
 
 def test_factory_unknown_name_lists_valid_names():
     with pytest.raises(ValueError) as e:
-        make_schedule({"schedule": "cosine", "lr": 0.1})
+        make_schedule({"schedule": "cosine", "lr": 0.1})  # the factory checks too, for direct callers
     msg = str(e.value)
     for name in ("constant", "plateau_drop", "keras_plateau", "cosine"):
         assert name in msg
 
 
 @pytest.mark.parametrize(
-    "recipe",
+    "bad",
     [
         {"schedule": "constant", "epochs": 3},  # no lr
         {"schedule": "constant", "lr": 0.1},  # no epochs
@@ -474,9 +451,9 @@ def test_factory_unknown_name_lists_valid_names():
         {"schedule": "keras_plateau", "lr": 0.1, "reduce_factor": 1.5},
     ],
 )
-def test_factory_bad_recipes(recipe):
+def test_factory_bad_recipes(bad):
     with pytest.raises(ValueError):
-        make_schedule(recipe)
+        make_schedule(cfg.check_recipe({"batch_size": 1, **bad}, "r"))
 
 
 def test_factory_rejects_non_dict():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import io as stdio
 import json
 import logging
@@ -21,7 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from cnnrepro import config as cfgmod
-from cnnrepro import datasets, models, train
+from cnnrepro import datasets, feature_cache, models, train
+from cnnrepro.models import registry
+from cnnrepro.progress import ProgressBar
+from cnnrepro.recipe import effective_speed
 
 NORMALIZATION = {
     "mnist": {"mean": [0.1307], "std": [0.3081]},
@@ -44,8 +48,8 @@ def make_settings(model: str = "cnn", recipe: dict | None = None, freeze: str = 
     study = {"datasets": ["mnist"], "models": [model], "freeze": [freeze], "pretrained": False,
              "input": input_cfg or {"normalization": "mnist"}, "augment": augment, "eval_split": "test",
              "recipe": recipe}
-    config = {"studies": {"unit": study}, "normalization": NORMALIZATION,
-              "freeze_levels": {"none": "all", "head": ["head"]}, "device": "cpu"}
+    config = cfgmod.validate({"studies": {"unit": study}, "normalization": NORMALIZATION,
+                              "freeze_levels": {"none": "all", "head": ["head"]}, "device": "cpu"})
     return cfgmod.run_settings(config, cfgmod.Run("unit", "mnist", model, freeze, "base", 0))
 
 
@@ -171,6 +175,7 @@ def _checkpoint_epoch(path: Path) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_identical_results(reference, data_file, tmp_path, caplog):
     record, ref_folder = reference
     settings = make_settings("cnn")
@@ -208,6 +213,7 @@ def test_killed_run_resumes_to_identical_results(reference, data_file, tmp_path,
     assert_same_weights(weights(folder), weights(ref_folder))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bn_frozen", ["train", "eval"])  # BN statistics in the checkpoint / cached features
 def test_head_only_run_resumes_from_a_small_checkpoint(bn_frozen, data_file, tmp_path, monkeypatch):
     settings = make_settings("resnet18", {"epochs": 3, "batch_size": 64, "optimizer": "sgd", "lr": 0.05,
@@ -294,7 +300,7 @@ def test_nan_loss_marks_run_diverged_and_writes_outputs(data_file, tmp_path, mon
             return loss
         return criterion
 
-    monkeypatch.setattr(train, "loss_fn", poisoned)
+    monkeypatch.setattr(train, "make_loss", poisoned)
     record = run(make_settings("fcnn", {"epochs": 4}), data_file, tmp_path)
     assert record["status"] == "diverged" and record["diverged_epoch"] == 2 and record["epochs_run"] == 1
     for name in ("weights.pt", "history.csv", "metrics.json"):
@@ -347,7 +353,10 @@ def test_feature_cache_trains_the_same_head(model, size, recipe, data_file, tmp_
 
 
 def test_feature_split_reproduces_each_model():
-    for name, (features, make_head) in train.FEATURE_SPLITS.items():
+    split_models = [name for name in models.model_names() if models.get_spec(name).feature_split]
+    assert split_models == ["resnet18", "resnet34", "resnet50", "squeezenet1_1"]
+    for name in split_models:
+        features, make_head = models.get_spec(name).feature_split.features, models.get_spec(name).feature_split.head
         torch.manual_seed(0)
         model = models.build_model(name, 10, 3, 64).eval()
         x = torch.randn(2, 3, 64, 64)
@@ -359,7 +368,7 @@ def _plan(model: str, recipe: dict | None = None, freeze: str = "head", augment:
     settings = make_settings(model, {"bn_frozen": "eval", **(recipe or {})}, freeze, RGB_INPUT, augment)
     net = models.build_model(model, 10, settings["in_channels"], 32)
     models.apply_freeze(net, model, settings["trainable"])
-    return train.plan_feature_cache(settings, net)
+    return feature_cache.plan(settings, net)
 
 
 def test_feature_cache_refusal_reasons(monkeypatch):
@@ -369,10 +378,11 @@ def test_feature_cache_refusal_reasons(monkeypatch):
     assert "augmented (augment: flip)" in _plan("resnet18", augment="flip").reason
     assert "outside the head" in _plan("resnet18", freeze="none").reason
     assert _plan("resnet18", {"feature_cache": False}).reason == "recipe.feature_cache is false"
-    assert "no backbone/head split" in _plan("cnn").reason
+    assert "registers no backbone/head split" in _plan("cnn").reason
     # The KMNIST CNN has Dropout(0.25) inside what would be its backbone.
-    monkeypatch.setitem(train.FEATURE_SPLITS, "cnn", (
-        lambda m, x: m.classifier[:3](torch.flatten(m.features(x), 1)), lambda m: m.classifier[3]))
+    split = models.FeatureSplit(lambda m, x: m.classifier[:3](torch.flatten(m.features(x), 1)),
+                                lambda m: m.classifier[3])
+    monkeypatch.setitem(registry._REGISTRY, "cnn", dataclasses.replace(models.get_spec("cnn"), feature_split=split))
     assert "dropout inside the backbone" in _plan("cnn").reason
 
 
@@ -382,7 +392,7 @@ def test_feature_cache_decision_is_logged(data_file, tmp_path, caplog, monkeypat
     run(make_settings("resnet18", recipe, "head", RGB_INPUT), data_file, tmp_path / "bn")
     assert "feature cache: off — BatchNorm runs in train mode" in caplog.text
     caplog.clear()
-    monkeypatch.setattr(train, "FEATURE_CACHE_MAX_BYTES", 1000)
+    monkeypatch.setattr(feature_cache, "MAX_BYTES", 1000)
     record = run(make_settings("resnet18", {**recipe, "bn_frozen": "eval"}, "head", RGB_INPUT), data_file,
                  tmp_path / "budget")
     assert "feature cache: off — cached features would take" in caplog.text
@@ -439,22 +449,24 @@ def test_keras_plateau_early_stops_and_epoch_cap_holds(data_file, tmp_path):
 
 
 def test_effective_speed_decisions():
-    cpu = train.effective_speed({}, "cpu", has_conv=True)
+    defaults = cfgmod.check_recipe({"lr": 0.1, "batch_size": 1, "epochs": 1}, "r")
+    requested = {"channels_last": True, "amp_bf16": True, "cudnn_benchmark": True, "compile": False}
+    cpu = effective_speed(defaults, "cpu", has_conv=True)
     assert cpu == {"channels_last": True, "amp_bf16": False, "cudnn_benchmark": False, "compile": False,
-                   "requested": train.SPEED_DEFAULTS}
-    assert train.effective_speed({}, "cpu", has_conv=False)["channels_last"] is False
-    cuda = train.effective_speed({}, "cuda", has_conv=True, bf16_supported=True)
+                   "requested": requested}
+    assert effective_speed(defaults, "cpu", has_conv=False)["channels_last"] is False
+    cuda = effective_speed(defaults, "cuda", has_conv=True, bf16_supported=True)
     assert cuda["amp_bf16"] and cuda["cudnn_benchmark"] and not cuda["compile"]
-    assert not train.effective_speed({}, "cuda", True, bf16_supported=False)["amp_bf16"]
-    off = train.effective_speed({"amp_bf16": False, "cudnn_benchmark": False, "channels_last": False,
-                                 "compile": True}, "cuda", True)
+    assert not effective_speed(defaults, "cuda", True, bf16_supported=False)["amp_bf16"]
+    off = effective_speed({**defaults, "amp_bf16": False, "cudnn_benchmark": False, "channels_last": False,
+                           "compile": True}, "cuda", True)
     assert off["amp_bf16"] is False and off["cudnn_benchmark"] is False and off["channels_last"] is False
     assert off["compile"] is True and off["requested"]["compile"] is True
 
 
 def test_progress_bar_draws_only_when_enabled():
     tty = stdio.StringIO()
-    bar = train.ProgressBar(4, "epoch 1/3", stream=tty, enabled=True, min_interval=0.0)
+    bar = ProgressBar(4, "epoch 1/3", stream=tty, enabled=True, min_interval=0.0)
     for done in range(1, 5):
         bar.update(done, lambda: 0.5)
     bar.close()
@@ -462,17 +474,15 @@ def test_progress_bar_draws_only_when_enabled():
     assert "epoch 1/3 [" in text and "4/4 loss 0.5000" in text and "ETA" in text
     assert text.endswith("\r\033[K")
     piped = stdio.StringIO()  # StringIO.isatty() is False, like a job log
-    bar = train.ProgressBar(4, "epoch 1/3", stream=piped)
+    bar = ProgressBar(4, "epoch 1/3", stream=piped)
     bar.update(4, lambda: 0.5)
     bar.close()
     assert not bar.enabled and piped.getvalue() == ""
 
 
-def test_schema_accepts_new_recipe_keys():
-    recipe = {"lr": 0.1, "feature_cache": False, "channels_last": True, "amp_bf16": False,
-              "cudnn_benchmark": False, "compile": False}
-    config = {"studies": {"unit": {"datasets": ["mnist"], "models": ["cnn"], "recipe": recipe}}}
-    cfgmod.check_schema(copy.deepcopy(config))
-    config["studies"]["unit"]["recipe"]["feature_cache"] = "yes"
-    with pytest.raises(cfgmod.ConfigError, match="feature_cache"):
-        cfgmod.check_schema(config)
+def test_schema_accepts_the_speed_and_cache_keys():
+    recipe = {"lr": 0.1, "batch_size": 1, "epochs": 1, "feature_cache": False, "channels_last": True,
+              "amp_bf16": False, "cudnn_benchmark": False, "compile": False}
+    assert cfgmod.check_recipe(recipe, "r")["feature_cache"] is False
+    with pytest.raises(cfgmod.ConfigError, match="'r.feature_cache'"):
+        cfgmod.check_recipe({**recipe, "feature_cache": "yes"}, "r")

@@ -3,7 +3,7 @@
 (a) "torchvision": a Dataset that turns each uint8 HWC image into a PIL image and applies
     RandomCrop(32, padding=4) + RandomHorizontalFlip + ToTensor + Normalize (seed 002's
     transform), fed by DataLoader(batch_size=128, shuffle=True, num_workers=W).
-(b) "cnnrepro": the training engine's own path (cnnrepro.train.Split + augment.build_batch_transform
+(b) "cnnrepro": the training engine's own path (cnnrepro.splits.Split + augment.build_batch_transform
     with augment="crop_flip" and the same mean/std): the split is one uint8 tensor on the device,
     each batch is a random-permutation index plus one batched transform.
 
@@ -42,9 +42,11 @@ from torchvision import transforms
 
 from cnnrepro import augment, datasets
 from cnnrepro.models import build_model
-from cnnrepro.train import Split
+from cnnrepro.splits import Split
 
-DEFAULT_DATA = "/work/shared/data/cifar10_train.npz"
+# ../shared/data beside the repository (see the README); CNNREPRO_SHARED_DATA points elsewhere.
+SHARED_DATA = Path(os.environ.get("CNNREPRO_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+DEFAULT_DATA = str(SHARED_DATA / "cifar10_train.npz")
 # Seed 002 (kuangliu's pytorch-cifar) normalisation: config.yaml "cifar10_kuangliu".
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2023, 0.1994, 0.2010)

@@ -8,7 +8,7 @@
 
 Runs are interleaved and repeated, alternating which variant goes first, and medians are reported, because
 a shared machine drifts by +-15 %. Speed does not depend on weight values, so ResNet18 is built without
-ImageNet weights (offline). Data: real MNIST from /work/shared/data (torchvision layout, download=False),
+ImageNet weights (offline). Data: real MNIST from ../shared/data (torchvision layout, download=False),
 stratified subsets; synthetic stand-in data if it is absent.
 
 The paper setting of seed 000 is 60,000 training images at 224 px for 30 epochs (plus 10,000 test images
@@ -34,8 +34,11 @@ import torch.nn.functional as F
 
 from cnnrepro import augment, datasets, models, train
 from cnnrepro import config as cfgmod
+from cnnrepro.device import device_name
+from cnnrepro.splits import Split
 
-MNIST_ROOT = Path("/work/shared/data")
+# ../shared/data beside the repository (see the README); CNNREPRO_SHARED_DATA points elsewhere.
+MNIST_ROOT = Path(os.environ.get("CNNREPRO_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 CIFAR10 = {"mean": [0.4914, 0.4822, 0.4465], "std": [0.2470, 0.2435, 0.2616]}
 
@@ -62,8 +65,8 @@ def seed000_settings(args, feature_cache: bool) -> dict:
     study = {"datasets": ["mnist"], "models": ["resnet18"], "freeze": ["head"], "pretrained": False,
              "input": {"size": args.input_size, "rgb": True, "normalization": "imagenet"}, "augment": "none",
              "eval_split": "test", "recipe": recipe}
-    config = {"studies": {"bench": study}, "normalization": {"imagenet": IMAGENET},
-              "freeze_levels": {"head": ["head"]}, "device": "cpu"}
+    config = cfgmod.validate({"studies": {"bench": study}, "normalization": {"imagenet": IMAGENET},
+                              "freeze_levels": {"head": ["head"]}, "device": "cpu"})
     return cfgmod.run_settings(config, cfgmod.Run("bench", "mnist", "resnet18", "head", "base", 0))
 
 
@@ -88,8 +91,8 @@ def time_step(args, channels_last: bool) -> float:
     n = args.step_batch * args.steps
     x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=gen)
     y = torch.randint(0, 10, (n,), generator=gen)
-    warm = train.Split(x[:args.step_batch], y[:args.step_batch], transform, torch.device("cpu"))
-    split = train.Split(x, y, transform, torch.device("cpu"))
+    warm = Split(x[:args.step_batch], y[:args.step_batch], transform, torch.device("cpu"))
+    split = Split(x, y, transform, torch.device("cpu"))
     criterion = lambda logits, target: F.cross_entropy(logits, target)  # noqa: E731
     # One untimed step: first-call allocations and oneDNN primitive creation are not the steady state.
     train.train_one_epoch(model, warm, optimizer, criterion, args.step_batch, gen, "train", channels_last)
@@ -127,7 +130,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     logging.getLogger("cnnrepro").setLevel(logging.WARNING)  # the engine's per-epoch lines would drown the table
     print(f"torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} CPUs, "
-          f"{train.device_name(torch.device('cpu'))}")
+          f"{device_name(torch.device('cpu'))}")
 
     if not args.skip_caching:
         data, source = load_mnist(args.images, args.test_images)

@@ -20,7 +20,8 @@ from cnnrepro import io
 log = logging.getLogger("cnnrepro.checkpoint")
 
 # 2: checkpoints hold only the state training can change, plus a digest of the frozen rest.
-VERSION = 2
+# 3: they also hold the training seconds so far, so a resumed run reports its whole time.
+VERSION = 3
 
 
 def settings_hash(settings: dict) -> str:

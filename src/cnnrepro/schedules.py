@@ -251,6 +251,11 @@ class ConstantSchedule(Schedule):
         super().__init__(lr)
         self.epochs = _check_pos_int("epochs", epochs)
 
+    @property
+    def length(self) -> int:
+        """The most epochs the run can take."""
+        return self.epochs
+
     def _settings(self) -> dict:
         return {"epochs": self.epochs}
 
@@ -289,6 +294,11 @@ class PlateauDropSchedule(Schedule):
         self.prev: float | None = None
         self.stalled = 0
         self.drops = 0
+
+    @property
+    def length(self) -> int:
+        """The most epochs the run can take."""
+        return self.max_epochs
 
     def _settings(self) -> dict:
         return {
@@ -371,6 +381,11 @@ class KerasPlateauSchedule(Schedule):
         self.cooldown_counter = 0
         # EarlyStopping state: best lives in self.best_value (None == +inf)
         self.stop_wait = 0
+
+    @property
+    def length(self) -> int:
+        """The most epochs the run can take."""
+        return self.max_epochs
 
     def _settings(self) -> dict:
         return {

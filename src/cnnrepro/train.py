@@ -23,10 +23,10 @@ import torch
 from torch import nn
 
 from cnnrepro import checkpoint, datasets, feature_cache, io, metrics, models, schedules
-from cnnrepro.config import run_length_key
 from cnnrepro.device import device_name, pick_device
 from cnnrepro.progress import ProgressBar, format_eta
-from cnnrepro.recipe import autocast, build_run_model, effective_speed, make_loss, make_optimizer, to_format
+from cnnrepro.recipe import (autocast, build_run_model, deviations, effective_speed, make_loss, make_optimizer,
+                             numerics_record, to_format)
 from cnnrepro.splits import Split, build_splits
 
 log = logging.getLogger("cnnrepro.train")
@@ -61,11 +61,13 @@ class Run:
     schedule: schedules.Schedule
     criterion: object
     speed: dict
+    numerics: dict
     fingerprint: str
     frozen: str
     data_sha256: str | None
     started: float
     history: list = field(default_factory=list)
+    seconds_before: float = 0.0  # training time of earlier attempts that this one resumed from
     best_state: dict | None = None
     best_epoch: int | None = None
     epoch: int = 0
@@ -82,7 +84,11 @@ class Run:
 
     @property
     def max_epochs(self) -> int:
-        return self.recipe[run_length_key(self.recipe)]
+        return self.schedule.length
+
+    def train_seconds(self) -> float:
+        """Wall time spent on this run so far, across resumes."""
+        return self.seconds_before + time.time() - self.started
 
     @property
     def stopped(self) -> bool:
@@ -115,9 +121,8 @@ def train_run(settings: dict, data_path: str | Path, outputs: RunOutputs, weight
     # After the checkpoint is loaded, so the features come from the restored backbone.
     run.stage = feature_cache.build_stage(settings, run.model, run.splits, run.speed, run.device, run.eval_batch)
     log.info("feature cache: %s — %s", "on" if run.stage.cached else "off", run.stage.reason)
-    log.info("speed: channels_last=%s amp_bf16=%s cudnn_benchmark=%s compile=%s (requested %s)",
-             run.speed["channels_last"], run.speed["amp_bf16"], run.speed["cudnn_benchmark"], run.speed["compile"],
-             run.speed["requested"])
+    log.info("numerics: %s; %s", run.numerics["precision"],
+             ", ".join(deviations(run.numerics)) or "no speed switch in effect (as the papers computed)")
     # The compiled module only runs forward passes; state always comes from the plain `model`.
     run.net = torch.compile(run.stage.net) if run.speed["compile"] else run.stage.net
     while not run.stopped:
@@ -148,17 +153,23 @@ def set_up(settings: dict, data_path: str | Path, outputs: RunOutputs, weights_d
     splits = build_splits(settings, datasets.read_compact(data_path), device, generator)
     model = build_run_model(settings, weights_dir=weights_dir)
     recipe = settings["recipe"]
-    speed = effective_speed(recipe, device.type, any(isinstance(m, nn.Conv2d) for m in model.modules()),
-                            device.type == "cuda" and torch.cuda.is_bf16_supported())
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    speed = effective_speed(settings["speed"], device.type, any(isinstance(m, nn.Conv2d) for m in model.modules()),
+                            capability)
     if device.type == "cuda":
+        # Set both ways: torch's own default allows TF32 in cuDNN convolutions, which the papers' fp32 did not use.
         torch.backends.cudnn.benchmark = speed["cudnn_benchmark"]
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = speed["tf32"]
+    numerics = numerics_record(speed, device, device_name(device), capability)
     model = model.to(device, memory_format=torch.channels_last if speed["channels_last"] else torch.preserve_format)
     trainable = [p for p in model.parameters() if p.requires_grad]
     sha = data_sha256(data_path)
     run = Run(settings, outputs, device, generator, splits, model, trainable, make_optimizer(trainable, recipe),
-              schedules.make_schedule(recipe), make_loss(recipe["loss"], settings["num_classes"]), speed,
-              # The data's sha256 too: a rebuilt dataset under unchanged settings must not continue an old run.
-              checkpoint.settings_hash({"settings": settings, "data_sha256": sha}), checkpoint.frozen_digest(model),
+              schedules.make_schedule(recipe), make_loss(recipe["loss"], settings["num_classes"]), speed, numerics,
+              # The data's sha256 and the device type too: a rebuilt dataset must not continue an old run, nor
+              # a GPU run a CPU checkpoint (its RNG state does not fit); the speed switches are in the settings.
+              checkpoint.settings_hash({"settings": settings, "data_sha256": sha, "device": device.type}),
+              checkpoint.frozen_digest(model),
               sha, started)
     log.info("run %s on %s (%s): %d train / %d eval / %d test images, %d of %d parameters trainable",
              settings["run_id"], device, device_name(device), len(splits["train"]), len(splits["eval"]),
@@ -176,8 +187,9 @@ def resume(run: Run) -> None:
     run.schedule.load_state_dict(ckpt["schedule"])
     checkpoint.set_rng_state(ckpt["rng"], run.generator)
     run.history, run.best_state, run.best_epoch = ckpt["history"], ckpt["best_state"], ckpt["best_epoch"]
-    run.epoch = ckpt["epoch"]
-    log.info("resuming %s from the checkpoint after epoch %d", run.settings["run_id"], run.epoch)
+    run.epoch, run.seconds_before = ckpt["epoch"], ckpt["train_seconds"]
+    log.info("resuming %s from the checkpoint after epoch %d (%.0f s spent so far)", run.settings["run_id"],
+             run.epoch, run.seconds_before)
 
 
 def run_epoch(run: Run) -> float:
@@ -189,7 +201,7 @@ def run_epoch(run: Run) -> float:
     train_loss, train_acc = train_one_epoch(run.net, run.stage.splits["train"], optimizer, run.criterion,
                                             run.recipe["batch_size"], run.generator, run.recipe["bn_frozen"],
                                             run.stage.channels_last, run.speed["amp_bf16"],
-                                            f"epoch {epoch}/{run.max_epochs}")
+                                            f"epoch {epoch}/{run.max_epochs}", run.recipe["epoch_loss"])
     if not math.isfinite(train_loss):
         return train_loss
     ev = evaluate_split(run, "eval")
@@ -211,7 +223,7 @@ def run_epoch(run: Run) -> float:
     checkpoint.save(run.outputs.checkpoint, fingerprint=run.fingerprint, frozen_digest=run.frozen, epoch=epoch,
                     model=checkpoint.mutable_state(run.model), optimizer=optimizer.state_dict(),
                     schedule=run.schedule.state_dict(), rng=checkpoint.rng_state(run.generator), history=run.history,
-                    best_state=run.best_state, best_epoch=run.best_epoch)
+                    best_state=run.best_state, best_epoch=run.best_epoch, train_seconds=run.train_seconds())
     return train_loss
 
 
@@ -226,13 +238,18 @@ def evaluate_split(run: Run, split_name: str, detailed: bool = False) -> dict:
 
 
 def train_one_epoch(model, split: Split, optimizer, criterion, batch_size: int, generator, bn_frozen: str,
-                    channels_last: bool, amp: bool = False, desc: str = "train") -> tuple[float, float]:
+                    channels_last: bool, amp: bool = False, desc: str = "train",
+                    epoch_loss: str = "batch_mean") -> tuple[float, float]:
+    """One pass over ``split``; returns (epoch loss, accuracy). The epoch loss is the plain mean of the batch
+    losses (``batch_mean``, what seed 002's plateau rule reads) or each batch weighted by its size
+    (``sample_mean``, what Keras logs: they differ when the last batch is smaller)."""
     model.train()
     models.set_bn_mode(model, bn_frozen)
     device = split.x.device
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    batches = 0
+    batches = seen = 0
+    weighted = epoch_loss == "sample_mean"
     bar = ProgressBar(math.ceil(len(split) / batch_size), desc)
     for x, y in split.batches(batch_size, generator, train=True):
         with autocast(device, amp):
@@ -241,13 +258,13 @@ def train_one_epoch(model, split: Split, optimizer, criterion, batch_size: int, 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total_loss += loss.detach()
+        total_loss += loss.detach() * len(y) if weighted else loss.detach()
         correct += (logits.detach().argmax(1) == y).sum()
         batches += 1
-        bar.update(batches, lambda: float(total_loss) / batches)
+        seen += len(y)
+        bar.update(batches, lambda: float(total_loss) / (seen if weighted else batches))
     bar.close()
-    # Mean of the per-batch losses: what Keras logs and what seed 002's plateau rule reads.
-    return float(total_loss) / max(batches, 1), float(correct) / max(len(split), 1)
+    return float(total_loss) / max(seen if weighted else batches, 1), float(correct) / max(len(split), 1)
 
 
 @torch.no_grad()
@@ -316,7 +333,8 @@ def write_record(run: Run) -> dict:
         "train_loss_first": history[0]["train_loss"],
         "train_loss_last": history[-1]["train_loss"],
         "train_acc_last": history[-1]["train_acc"],
-        "train_seconds": time.time() - run.started,
+        "train_seconds": run.train_seconds(),
+        "resumed": run.seconds_before > 0,
         "params_total": sum(p.numel() for p in run.model.parameters()),
         "params_trainable": sum(p.numel() for p in run.trainable),
         "pretrained_weights": models.get_spec(settings["model"]).pretrained_weights if settings["pretrained"] else None,
@@ -325,7 +343,7 @@ def write_record(run: Run) -> dict:
         "torch_version": torch.__version__,
         "python_version": sys.version.split()[0],
         "device": str(run.device),
-        "device_name": device_name(run.device),
+        "device_name": run.numerics["device_name"],
         "threads": torch.get_num_threads(),
         "data_sha256": run.data_sha256,
         "host": os.uname().nodename,
@@ -339,7 +357,8 @@ def write_record(run: Run) -> dict:
 
 
 def _speed_record(run: Run) -> dict:
-    return {**run.speed, "feature_cache": run.stage.cached, "feature_cache_reason": run.stage.reason}
+    return {**run.speed, "feature_cache": run.stage.cached, "feature_cache_reason": run.stage.reason,
+            "numerics": run.numerics, "deviations": deviations(run.numerics)}
 
 
 def write_diverged(run: Run, loss: float) -> dict:
@@ -347,7 +366,7 @@ def write_diverged(run: Run, loss: float) -> dict:
     record = {
         "status": "diverged", "run_id": run.settings["run_id"], "settings": run.settings,
         "diverged_epoch": run.epoch, "diverged_loss": str(loss), "epochs_run": run.epoch - 1,
-        "train_seconds": time.time() - run.started, "torch_version": torch.__version__, "device": str(run.device),
+        "train_seconds": run.train_seconds(), "torch_version": torch.__version__, "device": str(run.device),
         "device_name": device_name(run.device), "speed": _speed_record(run)}
     io.torch_save(run.model.state_dict(), run.outputs.weights)
     _write_history(run.outputs.history, run.history)

@@ -161,27 +161,31 @@ def paper_table_path(config: dict, table: dict) -> Path:
     return Path(file) if "/" in file else Path(config["paper_tables_dir"]) / file
 
 
+def _check_names(config: dict, name: str, study: dict) -> None:
+    """The freeze levels and the normalisation a study (or one of its variants) names are defined."""
+    where, levels, norms = f"studies.{name}", config["freeze_levels"], normalizations(config)
+    for i, level in enumerate(study["freeze"]):
+        if level not in levels:
+            raise ConfigError(f"config error at '{where}.freeze[{i}]': unknown freeze level '{level}'; "
+                              f"defined levels: {', '.join(levels)}. Define it under 'freeze_levels'.")
+    norm = study["input"]["normalization"]
+    if norm not in norms:
+        raise ConfigError(f"config error at '{where}.input.normalization': unknown normalization "
+                          f"'{norm}'; defined: {', '.join(norms)}. Define it under 'normalization'.")
+
+
 def check_semantics(config: dict) -> None:
     """What the schema cannot check: names defined elsewhere in the config, and files."""
-    levels = config["freeze_levels"]
-    norms = normalizations(config)
     tables_dir = Path(config["paper_tables_dir"])
     table_names: dict[str, str] = {}  # output file name -> the field that claimed it first
     for name, study in config["studies"].items():
         where = f"studies.{name}"
-        for i, level in enumerate(study["freeze"]):
-            if level not in levels:
-                raise ConfigError(f"config error at '{where}.freeze[{i}]': unknown freeze level '{level}'; "
-                                  f"defined levels: {', '.join(levels)}. Define it under 'freeze_levels'.")
-        norm = study["input"]["normalization"]
-        if norm not in norms:
-            raise ConfigError(f"config error at '{where}.input.normalization': unknown normalization "
-                              f"'{norm}'; defined: {', '.join(norms)}. Define it under 'normalization'.")
+        _check_names(config, name, study)
         for key in study["grid"]:
             if key not in GRID_KEYS and not key.startswith(GRID_PREFIXES):
                 raise ConfigError(f"config error at '{where}.grid.{key}': a grid axis must be one of "
                                   f"{', '.join(GRID_KEYS)} or start with {' or '.join(GRID_PREFIXES)}")
-        for i, table in enumerate(study.get("tables", [])):
+        for i, table in enumerate(study["tables"]):
             path, field = paper_table_path(config, table), f"{where}.tables[{i}].file"
             if not path.is_file():
                 raise ConfigError(f"config error at '{field}': {path} does not exist; a bare file name is looked "
@@ -192,6 +196,12 @@ def check_semantics(config: dict) -> None:
                                   f"{table_names[path.name]}; both would be written to tables/{path.name}. "
                                   "Rename one of the CSVs.")
             table_names[path.name] = f"'{field}' ({path})"
+    from cnnrepro.aggregate import check_table_notes  # here: aggregate imports this module
+
+    try:
+        check_table_notes(config)
+    except ValueError as error:
+        raise ConfigError(f"config error: {error}") from None
     for dataset, override in config["data"]["datasets"].items():
         source = override.get("source", config["data"]["source"])  # an override names only what it changes
         if source == "npz" and not override["npz"]:
@@ -298,16 +308,28 @@ def run_length_key(recipe: dict, schema: dict | None = None) -> str:
 
 def run_settings(config: dict, run: Run) -> dict:
     """Everything one training run needs, resolved from the study, its variant and the limits."""
-    from cnnrepro import augment, datasets
+    grid_values = dict(variants(config["studies"][run.study]))[run.variant]
+    try:
+        return _run_settings(config, run, grid_values)
+    except ConfigError as error:
+        if not grid_values:
+            raise
+        # The study's own values were checked at start-up; this variant's grid values are what is new.
+        grid = ", ".join(f"{key}={value!r}" for key, value in grid_values.items())
+        raise ConfigError(f"{error} (in variant {run.variant}, whose grid sets {grid})") from None
+
+
+def _run_settings(config: dict, run: Run, grid_values: dict) -> dict:
+    from cnnrepro import augment, datasets, models
 
     schema = load_schema()
     study = copy.deepcopy(config["studies"][run.study])
-    grid_values = dict(variants(study))[run.variant]
     for key, value in grid_values.items():
         _set_path(study, key, value)
     where = f"studies.{run.study}"
     if grid_values:  # grid values have not been checked yet
         _check_against(study, _fragment(schema, schema["properties"]["studies"]["additionalProperties"]), where)
+        _check_names(config, run.study, study)
     recipe = check_recipe(study["recipe"], f"{where}.recipe", schema)
     limits = config["limits"]
     if limits["max_epochs"]:
@@ -321,6 +343,12 @@ def run_settings(config: dict, run: Run) -> dict:
     if limits["pretrained"] is not None:
         pretrained = pretrained and limits["pretrained"]
     dataset = datasets.DATASETS[run.dataset]
+    model_options = study["model_options"].get(run.model, {})
+    accepted = models.get_spec(run.model).options
+    for key in model_options:
+        if key not in accepted:
+            raise ConfigError(f"config error at '{where}.model_options.{run.model}.{key}': model {run.model} takes "
+                              f"no option '{key}'; it accepts: {', '.join(accepted) or 'none'}")
     return {
         "run_id": run.id,
         **run.wildcards,
@@ -339,6 +367,9 @@ def run_settings(config: dict, run: Run) -> dict:
         "val_fraction": study["val_fraction"],
         "recipe": recipe,
         "device": config["device"],
+        "speed": config["speed"],
+        "model_options": model_options,
+        "latency_data_parallel": study["latency_data_parallel"],
         "size_unit": study["size_unit"].get(run.dataset, "MiB"),
     }
 
@@ -351,7 +382,9 @@ def settings_by_run(config: dict) -> dict[str, dict]:
 def data_settings(config: dict, dataset: str) -> dict:
     """Source and sizes for one dataset: the global data settings with its per-dataset overrides."""
     data = config["data"]
-    merged = {k: v for k, v in data.items() if k != "datasets"}
-    merged.update({"npz": None, "split_test_from_train": None})  # keys only an override can set
-    merged.update(data["datasets"].get(dataset, {}))
-    return merged
+    override = copy.deepcopy(data["datasets"].get(dataset, {}))
+    # A dataset without an override still gets the defaults of the keys only an override sets (npz, ...).
+    schema = load_schema()
+    _check_against(override, _fragment(schema, schema["properties"]["data"]["properties"]["datasets"][
+        "additionalProperties"]), f"data.datasets.{dataset}")
+    return {**{k: v for k, v in data.items() if k != "datasets"}, **override}

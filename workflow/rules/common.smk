@@ -49,7 +49,12 @@ def bench_settings(wildcards):
 
 
 def train_settings(wildcards):
-    return SETTINGS[RUN.format(**wildcards)]
+    run_id = RUN.format(**wildcards)
+    if run_id not in SETTINGS:
+        raise WorkflowError(
+            f"no configured run is called {run_id}; `cnnrepro runs` lists the runs of this configuration"
+        )
+    return SETTINGS[run_id]
 
 
 def pretrained_weights(wildcards):

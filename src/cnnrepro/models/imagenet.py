@@ -40,12 +40,25 @@ def _imagenet_model(constructor: str, imagenet_state: dict | None) -> nn.Module:
     return model
 
 
+def _new_head(head: nn.Module, keras_init: bool) -> nn.Module:
+    # Keras initialises a new Dense/Conv2D with glorot-uniform kernels and zero biases (seed 004's new conv10);
+    # PyTorch's default is a kaiming-uniform variant, which the PyTorch studies (seed 000) got.
+    if keras_init:
+        nn.init.xavier_uniform_(head.weight)
+        nn.init.zeros_(head.bias)
+    return head
+
+
+KERAS_HEAD_INIT = "keras_head_init"
+
+
 def _register_resnet(name: str, weights: str) -> None:
     @register_model(name, head="fc", input_size=224, channels=3, pretrained_weights=weights,
-                    feature_split=RESNET_SPLIT)
-    def build(num_classes: int, in_channels: int = 3, input_size: int = 224, imagenet_state=None) -> nn.Module:
+                    feature_split=RESNET_SPLIT, options=(KERAS_HEAD_INIT,))
+    def build(num_classes: int, in_channels: int = 3, input_size: int = 224, imagenet_state=None,
+              keras_head_init: bool = False) -> nn.Module:
         model = _imagenet_model(name, imagenet_state)
-        model.fc = nn.Linear(model.fc.in_features, num_classes)
+        model.fc = _new_head(nn.Linear(model.fc.in_features, num_classes), keras_head_init)
         return model
 
 
@@ -55,10 +68,13 @@ for _name, _weights in (("resnet18", "ResNet18_Weights.IMAGENET1K_V1"), ("resnet
 
 
 @register_model("squeezenet1_1", head="classifier.1", input_size=224, channels=3,
-                pretrained_weights="SqueezeNet1_1_Weights.IMAGENET1K_V1", feature_split=SQUEEZENET_SPLIT)
-def squeezenet1_1(num_classes: int, in_channels: int = 3, input_size: int = 224, imagenet_state=None) -> nn.Module:
+                pretrained_weights="SqueezeNet1_1_Weights.IMAGENET1K_V1", feature_split=SQUEEZENET_SPLIT,
+                options=(KERAS_HEAD_INIT,))
+def squeezenet1_1(num_classes: int, in_channels: int = 3, input_size: int = 224, imagenet_state=None,
+                  keras_head_init: bool = False) -> nn.Module:
     model = _imagenet_model("squeezenet1_1", imagenet_state)
     # Dropout(0.5) → conv10 → ReLU → global pool; only conv10 is replaced.
-    model.classifier[1] = nn.Conv2d(model.classifier[1].in_channels, num_classes, kernel_size=1)
+    model.classifier[1] = _new_head(nn.Conv2d(model.classifier[1].in_channels, num_classes, kernel_size=1),
+                                    keras_head_init)
     model.num_classes = num_classes
     return model

@@ -80,7 +80,7 @@ def test_paper_table_keeps_printed_digits_and_means_over_seeds(tmp_path):
     summaries = [aggregate.summarize(fake_record("s", "cifar10", "a", seed=s, top1=t)) for s, t in ((0, .5), (1, .7))]
     frame = aggregate.paper_table(table, "s", summaries, tmp_path / "t.csv")
     assert list(frame.columns) == ["model", "dataset", "acc_pct_paper", "acc_pct_ours", "loss_paper", "loss_ours",
-                                   "runs_ours"]
+                                   "runs_ours", "device_ours", "deviations_ours", "notes"]
     a, b = frame.to_dict("records")
     assert a["acc_pct_paper"] == "89.10" and a["loss_paper"] == "0.2100"
     assert a["acc_pct_ours"] == pytest.approx(60.0) and a["runs_ours"] == 2
@@ -189,3 +189,146 @@ def test_diverged_runs_are_listed_without_numbers():
     assert summary["status"] == "diverged" and "test_top1_pct" not in summary
     frame = aggregate.model_comparison([summary])
     assert len(frame) == 1 and pd.isna(frame.loc[0, "test_top1_pct"])
+
+
+# ----- notes, devices and deviations: every deviation labelled where the number is shown -----
+
+NOTES_CSV = "model,dataset,acc,size\nA,CIFAR-10,89.10,2.99\nA,CIFAR-100,70.00,3.10\nB,CIFAR-10,80.00,1.08\n"
+
+
+def notes_table(*notes, **extra):
+    return {"file": "t.csv", "match": {"model": {"A": {"model": "a"}, "B": {"model": "b"}},
+                                       "dataset": {"CIFAR-10": {"dataset": "cifar10"},
+                                                   "CIFAR-100": {"dataset": "cifar100"}}},
+            "metrics": {"acc": "test_top1_pct", "size": "size_MB_paper_unit"}, "notes": list(notes), **extra}
+
+
+def test_notes_of_each_kind_land_on_their_rows_and_cells(tmp_path):
+    (tmp_path / "t.csv").write_text(NOTES_CSV)
+    table = notes_table({"text": "on the table"},
+                        {"metric": "acc", "text": "on the acc column"},
+                        {"row": {"model": "B"}, "text": "on row B"},
+                        {"metric": ["size"], "row": {"model": "A", "dataset": "CIFAR-100"}, "text": "on one cell"},
+                        {"metric": "size", "row": {"dataset": "CIFAR-10"}, "text": "on the acc column"})
+    frame = aggregate.paper_table(table, "s", [], tmp_path / "t.csv")
+    assert list(frame.columns)[-4:] == ["runs_ours", "device_ours", "deviations_ours", "notes"]
+    assert frame["notes"].tolist() == [
+        "[1] on the table; [2] on the acc column",  # the repeated text keeps its number
+        "[1] on the table; [2] on the acc column; [4] on one cell",
+        "[1] on the table; [2] on the acc column; [3] on row B",
+    ]
+    rows = frame.to_dict("records")
+    notes = aggregate.place_notes(table, "t.csv", ["model", "dataset"], ["acc", "size"], rows)
+    assert notes.texts == ["on the table", "on the acc column", "on row B", "on one cell"]
+    assert notes.table == [1]
+    assert notes.rows == [[], [], [3]]
+    assert notes.cells == [{"acc": [2], "size": [2]}, {"acc": [2], "size": [4]}, {"acc": [2], "size": [2]}]
+    # The numbers themselves are untouched by notes.
+    assert frame["acc_paper"].tolist() == ["89.10", "70.00", "80.00"] and frame["acc_ours"].isna().all()
+
+
+@pytest.mark.parametrize("note, words", [
+    ({"metric": "top5", "text": "x"}, "t.csv.*metric 'top5' is not a metric column of t.csv.*acc, size"),
+    ({"metric": "model", "text": "x"}, "metric 'model' is not a metric column"),  # a key column
+    ({"metric": ["acc", "nope"], "text": "x"}, "metric 'nope'"),
+    ({"row": {"modell": "A"}, "text": "x"}, "t.csv.*row column 'modell' is not a key column of t.csv.*model, dataset"),
+    ({"row": {"acc": "89.10"}, "metric": "size", "text": "x"}, "row column 'acc' is not a key column"),
+    ({"row": {"model": "C"}, "text": "x"}, "t.csv.*row \\{model=C\\} selects no row"),
+])
+def test_a_note_naming_a_column_the_table_does_not_have_is_an_error(tmp_path, note, words):
+    (tmp_path / "t.csv").write_text(NOTES_CSV)
+    with pytest.raises(ValueError, match=words):
+        aggregate.paper_table(notes_table(note), "s", [], tmp_path / "t.csv")
+
+
+def test_a_bad_note_in_the_config_fails_the_config_check_and_aggregation(raw_config, tmp_path):
+    raw_config["studies"]["seed001_resnet_mobilenet_cifar10"]["tables"][0]["notes"] = [
+        {"metric": "top1_acc_pct", "text": "x"}]
+    with pytest.raises(cfg.ConfigError, match="seed001_accuracy_cifar10.csv.*'top1_acc_pct'"):
+        cfg.validate(raw_config)  # before any job starts (the schema's defaults are filled by then)
+    # Aggregation checks again, before it reads any input, for a config that did not go through validate.
+    with pytest.raises(ValueError, match="seed001_accuracy_cifar10.csv.*'top1_acc_pct'"):
+        aggregate.check_table_notes(raw_config)
+    with pytest.raises(ValueError, match="seed001_accuracy_cifar10.csv.*'top1_acc_pct'"):
+        run_aggregate(raw_config, tmp_path, [], [])
+
+
+def speed(*deviations, device="NVIDIA A100"):
+    return {"device_name": device, "speed": {"deviations": list(deviations)}}
+
+
+def test_device_and_deviations_of_the_matching_runs(tmp_path):
+    (tmp_path / "t.csv").write_text(NOTES_CSV)
+    records = [fake_record("s", "cifar10", "a", seed=0, extra=speed("bf16 autocast", "channels_last")),
+               fake_record("s", "cifar10", "a", seed=1, extra=speed("bf16 autocast", "TF32 matmul",
+                                                                       device="NVIDIA H100")),
+               fake_record("s", "cifar100", "a", extra=speed()),  # faithful
+               fake_record("s", "cifar10", "b")]  # an old record: no device name, no speed block
+    summaries = [aggregate.summarize(r) for r in records]
+    assert summaries[0]["deviations"] == ["bf16 autocast", "channels_last"] and summaries[3]["deviations"] == []
+    frame = aggregate.paper_table(notes_table(metrics={"acc": "test_top1_pct"}), "s", summaries,
+                                  tmp_path / "t.csv")
+    assert list(frame.columns) == ["model", "dataset", "size", "acc_paper", "acc_ours", "runs_ours", "device_ours",
+                                   "deviations_ours", "notes"]
+    assert frame["device_ours"].tolist() == ["NVIDIA A100; NVIDIA H100", "NVIDIA A100", ""]
+    assert frame["deviations_ours"].tolist() == ["bf16 autocast, channels_last, TF32 matmul", "", ""]
+    runs = aggregate.flat_runs(summaries)
+    assert runs["deviations"].tolist() == ["bf16 autocast, channels_last", "bf16 autocast, TF32 matmul", "", ""]
+    assert runs["device_name"].tolist()[:3] == ["NVIDIA A100", "NVIDIA H100", "NVIDIA A100"]
+    models = aggregate.model_comparison(summaries).set_index(["dataset", "model"])
+    assert models.loc[("cifar10", "a"), "deviations"] == "bf16 autocast, channels_last, TF32 matmul"
+    assert models.loc[("cifar10", "a"), "device_name"] == "NVIDIA A100; NVIDIA H100"
+    assert models.loc[("cifar100", "a"), "deviations"] == ""
+
+
+def test_the_device_column_names_the_benchmark_devices_of_the_latencies_shown(tmp_path):
+    (tmp_path / "t.csv").write_text("model,acc,cpu_ms\nA,90.0,5.0\n")
+    summary = aggregate.summarize(fake_record("s", "cifar10", "a", extra=speed(device="NVIDIA A100")), bench_cpu())
+    table = {"file": "t.csv", "match": {"model": {"A": {"model": "a"}}}, "metrics": {"acc": "test_top1_pct"}}
+    assert aggregate.paper_table(table, "s", [summary], tmp_path / "t.csv")["device_ours"].tolist() == [
+        "NVIDIA A100"]
+    table["metrics"]["cpu_ms"] = "cpu_time_ms_mean"
+    assert aggregate.paper_table(table, "s", [summary], tmp_path / "t.csv")["device_ours"].tolist() == [
+        "NVIDIA A100; cpu model"]
+
+
+def test_the_real_configs_notes_land_where_intended(raw_config, tmp_path):
+    config = cfg.validate(raw_config)
+    written = run_aggregate(config, tmp_path, *write_inputs(config, tmp_path))
+
+    def notes(name, key="model"):
+        return pd.read_csv(written[name], dtype=str, keep_default_na=False).set_index(key)["notes"]
+
+    fino = notes("seed000_table1_resnet_mnist.csv")
+    assert fino.tolist() == ['[1] Undefined in the report ("Acurácia Conjunto de Teste Fino"); ours is the '
+                             "last-epoch training accuracy."] * 3
+    select = "The authors selected the checkpoint on the test set"
+    mb_c10, mb_c100 = "MB = bytes / 1,024,000 in the paper's CIFAR-10 tables.", "MB = MiB (bytes / 2^20)"
+    times = "The authors timed on an NVIDIA TITAN Xp and an Intel i7-7700K (PyTorch 0.3)"
+    for name in ("seed002_table1_squeezenet.csv", "seed002_table2_mobilenet.csv", "seed002_table3_alexnet.csv",
+                 "seed002_table4_vgg19.csv", "seed002_table5_squeezenet_dsc.csv"):
+        by_dataset = notes(name, "dataset")
+        assert f"[1] {select}" in by_dataset["CIFAR-10"] and f"[4] {times}" in by_dataset["CIFAR-10"], name
+        assert f"[2] {mb_c10}" in by_dataset["CIFAR-10"] and mb_c100 not in by_dataset["CIFAR-10"], name
+        assert f"[3] {mb_c100}" in by_dataset["CIFAR-100"] and mb_c10 not in by_dataset["CIFAR-100"], name
+        assert f"[1] {select}" in by_dataset["CIFAR-100"] and f"[4] {times}" in by_dataset["CIFAR-100"], name
+    # Table 1's cell notes sit on size_MB of the right rows, as the report reads them back.
+    table1 = next(t for t in config["studies"]["seed002_squeezenet_dsc"]["tables"]
+                  if t["file"] == "seed002_table1_squeezenet.csv")
+    frame = pd.read_csv(written["seed002_table1_squeezenet.csv"], dtype=str, keep_default_na=False)
+    placed = aggregate.place_notes(table1, "t1", ["model", "dataset"], list(table1["metrics"]),
+                                   frame.to_dict("records"))
+    assert frame["dataset"].tolist() == ["CIFAR-10", "CIFAR-100"]
+    assert [cells["size_MB"] for cells in placed.cells] == [[2], [3]]
+    assert [cells["cpu_time_ms_mean"] for cells in placed.cells] == [[4], [4]]
+    assert "cpu_time_ms_std" not in placed.cells[0]
+    for name, text in (("seed002_table6_cifar10.csv", mb_c10), ("seed002_table8_cifar100.csv", mb_c100)):
+        for row in notes(name):
+            assert row.startswith(f"[1] {select}") and f"[2] {text}" in row and "timed" not in row, name
+    for name in ("seed002_table7_cifar10_times.csv", "seed002_table9_cifar100_times.csv"):
+        assert all(row.startswith(f"[1] {times}") and "MB" not in row for row in notes(name)), name
+    approx = notes("seed004_text_train_set_approx.csv", "freeze_level")
+    assert len(approx) == 3 and all(row.startswith('[1] The report quotes these as approximate training-set values '
+                                                   '("em torno de")') for row in approx)
+    for name in ("seed001_accuracy_cifar10.csv", "seed003_table1_f1_test.csv", "seed004_test_result.csv"):
+        assert (pd.read_csv(written[name], dtype=str, keep_default_na=False)["notes"] == "").all(), name

@@ -3,7 +3,8 @@ rebuilt with ``<metric>_paper`` beside ``<metric>_ours``.
 
 How a paper row finds its runs is data in config (``studies.<name>.tables``): ``match`` maps a
 paper key column to run fields, ``where`` adds fixed run fields, ``metrics`` maps each paper
-metric column to a summary field (``{column}`` templates take the row's cell).
+metric column to a summary field (``{column}`` templates take the row's cell), and ``notes`` label
+deviations from the paper on the whole table, a metric column, a row or one cell.
 
 Every file comes in as a path the workflow rule names (workflow/rules/); nothing here derives a path.
 Each metrics and benchmark file is identified by what it says it is, and a configured run or benchmark
@@ -15,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import statistics
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable, Mapping
 
@@ -28,6 +30,8 @@ log = logging.getLogger("cnnrepro.aggregate")
 RUN_FIELDS = ("study", "dataset", "model", "freeze", "variant", "seed")
 BENCH_FIELDS = ("study", "dataset", "model", "freeze")
 BENCH_KINDS = ("cpu", "gpu")
+# What a paper table's output adds after its key and metric columns.
+EXTRA_COLUMNS = ("runs_ours", "device_ours", "deviations_ours", "notes")
 PathLike = str | Path
 
 
@@ -38,7 +42,10 @@ def summarize(record: dict, bench_cpu: dict | None = None, bench_gpu: dict | Non
     out.update(status=record.get("status"), augment=settings.get("augment"), recipe=settings.get("recipe", {}),
                grid=settings.get("grid", {}),
                input=settings.get("input", {}), epochs_run=record.get("epochs_run"),
-               train_seconds=record.get("train_seconds"), device_name=record.get("device_name"))
+               train_seconds=record.get("train_seconds"), device_name=record.get("device_name"),
+               # The speed switches in effect that compute differently from the papers' fp32 training;
+               # records from before they were recorded (or without them) count as faithful.
+               deviations=list((record.get("speed") or {}).get("deviations") or []))
     if record.get("status") == "ok":
         test = record["test"]
         out.update(
@@ -55,7 +62,7 @@ def summarize(record: dict, bench_cpu: dict | None = None, bench_gpu: dict | Non
         )
     if bench_cpu and bench_cpu.get("measured"):
         size = bench_cpu["size"]
-        unit = settings.get("size_unit", "MiB")
+        unit = settings["size_unit"]
         out.update(
             size_MiB=size["checkpoint_MiB"], size_MB_1024000=size["checkpoint_MB_1024000"],
             size_MB_paper_unit=size["checkpoint_MiB"] if unit == "MiB" else size["checkpoint_MB_1024000"],
@@ -186,34 +193,145 @@ def _round(value: float | None) -> Any:
     return int(value) if float(value).is_integer() and abs(value) >= 1 else round(float(value), 4)
 
 
-def paper_table(table: dict, study: str, summaries: list[dict], paper_csv: PathLike) -> pd.DataFrame:
-    """The paper's table with its key columns, then ``m_paper`` and ``m_ours`` for each metric ``m``."""
-    paper = pd.read_csv(paper_csv, dtype=str, keep_default_na=False)
+@dataclass
+class Notes:
+    """Where a table's notes go. Note ``n`` is ``texts[n - 1]``; each list holds note numbers."""
+
+    texts: list[str] = field(default_factory=list)
+    table: list[int] = field(default_factory=list)  # on the whole table
+    rows: list[list[int]] = field(default_factory=list)  # per row: on the row
+    cells: list[dict[str, list[int]]] = field(default_factory=list)  # per row: metric column -> on that cell
+
+    def of_row(self, i: int) -> list[int]:
+        """Every note that applies to row ``i`` or one of its cells."""
+        return sorted({*self.table, *self.rows[i], *(n for numbers in self.cells[i].values() for n in numbers)})
+
+    def describe(self, i: int) -> str:
+        """Row ``i``'s notes as the output CSV holds them: ``[1] text; [2] text``."""
+        return "; ".join(f"[{n}] {self.texts[n - 1]}" for n in self.of_row(i))
+
+
+def _add(numbers: list[int], number: int) -> None:
+    if number not in numbers:
+        numbers.append(number)
+
+
+def place_notes(table: dict, name: str, key_columns: list[str], metric_columns: list[str], rows: list[dict],
+                require_rows: bool = True) -> Notes:
+    """Number a table's ``notes`` (in config order; one text, one number) and place each on the table, the
+    cells of a metric column, the rows its ``row`` selects, or those rows' cells of its metric.
+
+    ``row`` maps key columns to printed values (all must match); ``metric`` is a metric column or a list
+    of them. A column the table does not have is an error naming the table and the column, and so is a
+    ``row`` that selects no row (unless ``require_rows`` is off).
+    """
+    notes = Notes(rows=[[] for _ in rows], cells=[{} for _ in rows])
+    for j, note in enumerate(table.get("notes") or []):
+        where = f"paper table {name}, notes[{j}]"
+        metrics = note.get("metric")
+        metrics = [metrics] if isinstance(metrics, str) else list(metrics or [])
+        for metric in metrics:
+            if metric not in metric_columns:
+                raise ValueError(f"{where}: metric '{metric}' is not a metric column of {name}; its metric "
+                                 f"columns (in the CSV and under metrics): {', '.join(metric_columns) or 'none'}")
+        selector = note.get("row") or {}
+        for column in selector:
+            if column not in key_columns:
+                raise ValueError(f"{where}: row column '{column}' is not a key column of {name}; its key "
+                                 f"columns: {', '.join(key_columns) or 'none'}")
+        selected = [i for i, row in enumerate(rows)
+                    if all(_same(row[column], value) for column, value in selector.items())]
+        if selector and not selected and require_rows:
+            wanted = ", ".join(f"{column}={value}" for column, value in selector.items())
+            raise ValueError(f"{where}: row {{{wanted}}} selects no row of {name}; a row note matches the "
+                             "printed values of key columns")
+        if note["text"] not in notes.texts:
+            notes.texts.append(note["text"])
+        number = notes.texts.index(note["text"]) + 1
+        if not selector and not metrics:  # the whole table
+            _add(notes.table, number)
+        elif not metrics:  # the rows it selects
+            for i in selected:
+                _add(notes.rows[i], number)
+        else:  # the metric's cells, in the rows it selects or in every row
+            for i in selected if selector else range(len(rows)):
+                for metric in metrics:
+                    _add(notes.cells[i].setdefault(metric, []), number)
+    return notes
+
+
+def check_table_notes(config: dict) -> None:
+    """Every configured note names columns its paper table has and selects at least one of its rows
+    (a ValueError naming the table and the column otherwise)."""
+    for study, table in configured_tables(config):
+        path = cfg.paper_table_path(config, table)
+        paper = pd.read_csv(path, dtype=str, keep_default_na=False)
+        metric_cols, key_cols = split_columns(table, list(paper.columns))
+        place_notes(table, f"{path.name} (study {study})", key_cols, metric_cols, paper.to_dict("records"))
+
+
+def split_columns(table: dict, columns: list[str]) -> tuple[list[str], list[str]]:
+    """(metric columns, key columns) of a paper CSV with these columns."""
     # A shared metrics map may name columns this particular table does not print.
-    metric_cols = [m for m in table["metrics"] if m in paper.columns]
-    key_cols = [c for c in paper.columns if c not in metric_cols]
+    metric_cols = [m for m in table["metrics"] if m in columns]
+    return metric_cols, [c for c in columns if c not in metric_cols]
+
+
+def _distinct(values: Iterable[Any]) -> list[str]:
+    """Distinct non-empty values, in order of first appearance."""
+    return list(dict.fromkeys(str(v) for v in values
+                              if not (v is None or v == "" or (isinstance(v, float) and math.isnan(v)))))
+
+
+def _devices(runs: list[dict], fields: list[str]) -> list[str]:
+    """The devices behind a row's numbers: where its runs trained and, for the benchmark's CPU or GPU
+    numbers it shows (``cpu_*``/``gpu_*`` fields), where those were measured."""
+    names = [r.get("device_name") for r in runs]
+    for kind in BENCH_KINDS:
+        if any(f.startswith(f"{kind}_") for f in fields):
+            names += [r.get(f"{kind}_device") for r in runs]
+    return _distinct(names)
+
+
+def paper_table(table: dict, study: str, summaries: list[dict], paper_csv: PathLike) -> pd.DataFrame:
+    """The paper's table with its key columns, then ``m_paper`` and ``m_ours`` for each metric ``m``, then
+    ``runs_ours``, ``device_ours``, ``deviations_ours`` and ``notes``."""
+    paper = pd.read_csv(paper_csv, dtype=str, keep_default_na=False)
+    clash = [c for c in EXTRA_COLUMNS if c in paper.columns]
+    if clash:
+        raise ValueError(f"paper table {paper_csv} has a column '{clash[0]}', a name the output uses for its own "
+                         "column; rename it in the CSV")
+    metric_cols, key_cols = split_columns(table, list(paper.columns))
+    records = paper.to_dict("records")
+    notes = place_notes(table, f"{Path(paper_csv).name} (study {study})", key_cols, metric_cols, records)
     rows = []
-    for record in paper.to_dict("records"):
+    for i, record in enumerate(records):
         selector = row_selector(table, record)
         runs = matching(summaries, study, selector) if selector is not None else []
         out = {c: record[c] for c in key_cols}
+        fields = []
         for metric in metric_cols:
             source = table["metrics"][metric]
             ours = None
             if source and runs:
-                field = source.format(**record)
-                ours = _round(_mean([cfg.get_path(r, field) for r in runs]))
+                fields.append(source.format(**record))
+                ours = _round(_mean([cfg.get_path(r, fields[-1]) for r in runs]))
             out[f"{metric}_paper"] = record[metric]
             out[f"{metric}_ours"] = ours
         out["runs_ours"] = len(runs)
+        out["device_ours"] = "; ".join(_devices(runs, fields))
+        out["deviations_ours"] = ", ".join(_distinct(d for r in runs for d in r.get("deviations") or []))
+        out["notes"] = notes.describe(i)
         rows.append(out)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=[*key_cols, *(f"{m}_{side}" for m in metric_cols for side in ("paper", "ours")),
+                                       *EXTRA_COLUMNS])
 
 
 def flat_runs(summaries: list[dict]) -> pd.DataFrame:
     rows = []
     for s in summaries:
         row = {k: v for k, v in s.items() if not isinstance(v, dict)}
+        row["deviations"] = ", ".join(s.get("deviations") or [])
         row.update({f"recipe.{k}": v for k, v in s.get("recipe", {}).items() if not isinstance(v, (list, dict))})
         rows.append(row)
     return pd.DataFrame(rows)
@@ -228,16 +346,23 @@ def model_comparison(summaries: list[dict]) -> pd.DataFrame:
     """Size, FLOPs, latency and accuracy of every model of every study (means over variants and seeds)."""
     frame = flat_runs(summaries)
     if frame.empty:
-        return pd.DataFrame(columns=["study", "dataset", "model", "freeze", *MODEL_COLUMNS, "runs"])
+        return pd.DataFrame(columns=["study", "dataset", "model", "freeze", *MODEL_COLUMNS, "runs", "device_name",
+                                     "deviations"])
     for column in MODEL_COLUMNS:
         if column not in frame:
             frame[column] = None
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
-    grouped = frame.groupby(["study", "dataset", "model", "freeze"], sort=False)
+    keys = ["study", "dataset", "model", "freeze"]
+    grouped = frame.groupby(keys, sort=False)
     out = grouped[MODEL_COLUMNS].mean().reset_index()
     out["runs"] = grouped.size().values
     if "gpu_not_measured" in frame:
         out["gpu_note"] = grouped["gpu_not_measured"].first().values
+    # Where the runs trained and with which speed switches, beside the means they produced.
+    labels = frame.reindex(columns=[*keys, "device_name", "deviations"]).groupby(keys, sort=False)
+    out["device_name"] = labels["device_name"].agg(lambda names: "; ".join(_distinct(names))).values
+    out["deviations"] = labels["deviations"].agg(
+        lambda texts: ", ".join(_distinct(d for text in _distinct(texts) for d in text.split(", ")))).values
     return out
 
 
@@ -279,6 +404,7 @@ def aggregate(config: dict, metrics: Iterable[PathLike], bench: Iterable[PathLik
     """
     check_table_files(config, paper_tables, "paper_tables")
     check_table_files(config, tables_out, "tables_out")
+    check_table_notes(config)
     summaries = load_summaries(config, metrics, bench)
     written = {}
     for study, table in configured_tables(config):

@@ -16,11 +16,13 @@ import jinja2
 import pandas as pd
 
 from cnnrepro import io
-from cnnrepro.aggregate import PathLike, check_table_files, table_name
+from cnnrepro.aggregate import EXTRA_COLUMNS, PathLike, check_table_files, place_notes, split_columns, table_name
 
 log = logging.getLogger("cnnrepro.report")
 
 MISSING = "—"
+# Beside our numbers computed with a speed switch the papers did not use: one mark per distinct set.
+DEVIATION_MARKS = ("†", "‡", "§", "¶")
 
 
 def _cell(value) -> str:
@@ -33,8 +35,15 @@ def _cell(value) -> str:
 
 def _latex_escape(text: str) -> str:
     replacements = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "—": "--"}
+                    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "—": "--",
+                    "†": r"\dag{}", "‡": r"\ddag{}", "§": r"\S{}", "¶": r"\P{}"}
     return "".join(replacements.get(ch, ch) for ch in str(text))
+
+
+def _latex_cell(cell: dict) -> str:
+    """A table cell in LaTeX, its marks as a superscript."""
+    marks = ",".join(_latex_escape(m) for m in cell["marks"])
+    return _latex_escape(cell["text"]) + (rf"\textsuperscript{{{marks}}}" if marks else "")
 
 
 def _read(path: PathLike) -> pd.DataFrame:
@@ -43,12 +52,51 @@ def _read(path: PathLike) -> pd.DataFrame:
 
 def table_view(frame: pd.DataFrame) -> dict:
     """Columns and rows ready to print. Cells are shown as read (the papers' digits exactly as printed),
-    except computed numbers, which get 4 significant digits; an empty cell becomes a dash."""
+    except computed numbers, which get 4 significant digits; an empty cell becomes a dash. Each cell is
+    ``{"text", "marks"}``, the marks (note numbers, deviation signs) printed as a superscript beside it."""
     columns = list(frame.columns)
     computed = [not (c.endswith("_paper") or c in ("model", "dataset", "study")) for c in columns]
-    rows = [[_cell(_number(v) if calc else v) for v, calc in zip(record, computed)]
+    rows = [[{"text": _cell(_number(v) if calc else v), "marks": []} for v, calc in zip(record, computed)]
             for record in frame.itertuples(index=False)]
-    return {"columns": columns, "rows": rows}
+    return {"columns": columns, "rows": rows, "marks": [], "notes": [], "legend": []}
+
+
+def _deviation_mark(k: int) -> str:
+    return DEVIATION_MARKS[k % len(DEVIATION_MARKS)] * (k // len(DEVIATION_MARKS) + 1)
+
+
+def paper_table_view(frame: pd.DataFrame, table: dict, name: str) -> dict:
+    """A paper table ready to print, with every label the reader needs beside the numbers: the table's
+    notes (numbered marks on the table, a row's first cell, or a metric's paper and ours cells, and the
+    texts under the table) and a sign beside our numbers computed with speed switches the papers did not
+    use (explained in a legend line). The ``notes`` column itself is not printed; the marks replace it."""
+    columns = list(frame.columns)
+    metric_cols, _ = split_columns(table, [c[:-len("_paper")] for c in columns if c.endswith("_paper")])
+    key_cols = [c for c in columns if c not in EXTRA_COLUMNS and not c.endswith(("_paper", "_ours"))]
+    records = frame.to_dict("records")
+    notes = place_notes(table, name, key_cols, metric_cols, records, require_rows=False)
+    shown = [c for c in columns if c != "notes"]
+    view = table_view(frame[shown])
+    index = {c: k for k, c in enumerate(shown)}
+    ours = [k for k, c in enumerate(shown) if c.endswith("_ours") and c not in EXTRA_COLUMNS]
+    signs: dict[str, str] = {}  # deviations -> its sign
+    for i, (record, row) in enumerate(zip(records, view["rows"])):
+        if row:
+            row[0]["marks"] += [str(n) for n in notes.rows[i]]
+        for metric, numbers in notes.cells[i].items():
+            for side in ("paper", "ours"):
+                if f"{metric}_{side}" in index:
+                    row[index[f"{metric}_{side}"]]["marks"] += [str(n) for n in numbers]
+        deviations = str(record.get("deviations_ours") or "")
+        if deviations:
+            sign = signs.setdefault(deviations, _deviation_mark(len(signs)))
+            for k in ours:
+                if row[k]["text"] != MISSING:
+                    row[k]["marks"].append(sign)
+    view["marks"] = [str(n) for n in notes.table]
+    view["notes"] = [{"mark": str(n), "text": text} for n, text in enumerate(notes.texts, 1)]
+    view["legend"] = [{"mark": sign, "text": f"computed with: {deviations}"} for deviations, sign in signs.items()]
+    return view
 
 
 def _number(value):
@@ -70,13 +118,17 @@ def build_context(config: dict, tables: Mapping[str, PathLike], runs: PathLike, 
     """What the templates print; ``tables`` maps each paper table's name to its aggregated CSV,
     ``class_plots`` each dataset to its class-distribution PNG."""
     check_table_files(config, tables, "tables")
+    used = sorted({d for study in config["studies"].values() for d in study["datasets"]})
+    if sorted(class_plots) != used:
+        raise ValueError(f"class_plots covers datasets {', '.join(sorted(class_plots)) or 'none'}; expected one "
+                         f"class-distribution plot for each dataset the studies use: {', '.join(used)}")
     studies = []
     for name, study in config["studies"].items():
         views = []
-        for table in study.get("tables", []):
+        for table in study["tables"]:
             file = table_name(config, table)
-            views.append({"file": file, **table_view(_read(tables[file]))})
-        studies.append({"name": name, "title": study.get("title", name), "reference": study.get("reference", ""),
+            views.append({"file": file, **paper_table_view(_read(tables[file]), table, file)})
+        studies.append({"name": name, "title": study["title"] or name, "reference": study["reference"],
                         "datasets": study["datasets"], "models": study["models"], "tables": views})
     return {
         "generated": dt.datetime.now().isoformat(timespec="seconds"),
@@ -91,8 +143,9 @@ def build_context(config: dict, tables: Mapping[str, PathLike], runs: PathLike, 
 
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("cnnrepro", "templates"),
-                             autoescape=jinja2.select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
+                             autoescape=jinja2.select_autoescape(["html", "html.j2"]), trim_blocks=True, lstrip_blocks=True)
     env.filters["tex"] = _latex_escape
+    env.filters["texcell"] = _latex_cell
     return env
 
 

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import yaml
 
@@ -128,8 +130,13 @@ def test_defaults_are_filled_per_run_for_the_chosen_optimizer_and_schedule(raw_c
 
 def test_grid_values_are_checked_like_the_recipe(raw_config):
     raw_config["studies"]["seed004_squeezenet_transfer_cifar10"]["grid"]["recipe.batch_size"] = [250, 0]
-    with pytest.raises(cfg.ConfigError, match="'studies.seed004_squeezenet_transfer_cifar10.recipe.batch_size'"):
-        cfg.settings_by_run(cfg.validate(raw_config))
+    with pytest.raises(cfg.ConfigError, match=r"'studies.seed004_squeezenet_transfer_cifar10.recipe.batch_size'.*"
+                                              r"variant batch_size-0_epochs-50, whose grid sets recipe.batch_size=0"):
+        cfg.settings_by_run(cfg.validate(copy.deepcopy(raw_config)))
+    raw_config["studies"]["seed004_squeezenet_transfer_cifar10"]["grid"] = {"input.normalization": ["cifar10", "zca"]}
+    with pytest.raises(cfg.ConfigError, match=r"'studies.seed004_squeezenet_transfer_cifar10.input.normalization'.*"
+                                              r"'zca'.*variant normalization-zca"):
+        cfg.settings_by_run(cfg.validate(copy.deepcopy(raw_config)))
     raw_config["studies"]["seed004_squeezenet_transfer_cifar10"]["grid"] = {"recipe.batchsize": [250]}
     with pytest.raises(cfg.ConfigError, match="misspelt"):
         cfg.settings_by_run(cfg.validate(raw_config))
@@ -144,13 +151,52 @@ def test_any_epoch_cap_works_for_every_run(raw_config, cap):
         recipe = settings["recipe"]
         length = recipe[cfg.run_length_key(recipe)]
         schedule = make_schedule(recipe)  # a cap must never make a recipe the schedule refuses
-        configured = raw_config["studies"][settings["study"]]["recipe"]
-        natural = settings["grid"].get("recipe.epochs", configured.get("epochs", configured.get("max_epochs")))
-        assert length == min(cap, natural or length), run_id
-        assert schedule.describe()[cfg.run_length_key(recipe)] == length
+        # The uncapped length: the grid's value, else the study's, else the schema's default for the schedule.
+        uncapped = cfg.check_recipe({**raw_config["studies"][settings["study"]]["recipe"],
+                                     **{k.split(".", 1)[1]: v for k, v in settings["grid"].items()
+                                        if k.startswith("recipe.")}}, "r")
+        assert length == min(cap, uncapped[cfg.run_length_key(uncapped)]), run_id
+        assert schedule.length == length
 
 
 def test_presets_validate(raw_config):
     for preset in ("presets/smoke.yaml", "presets/quick.yaml"):
         config = cfg.validate(cfg.deep_merge(raw_config, cfg.load_yaml(preset)))
         assert cfg.expand_runs(config)
+
+
+def test_model_options_reach_the_builders_and_change_the_model(raw_config):
+    import torch
+    from torch import nn
+
+    from cnnrepro.recipe import build_run_model
+
+    settings = cfg.settings_by_run(cfg.validate(raw_config))
+
+    def built(run_id: str, with_options: bool):
+        s = settings[run_id]
+        torch.manual_seed(0)
+        return build_run_model(s if with_options else {**s, "model_options": {}}, pretrained=False)
+
+    # Seed 002: PyTorch 0.3's BatchNorm init, gamma ~ U(0, 1) instead of 1.
+    for model in ("squeezenet", "squeezenet_dsc", "mobilenet", "alexnet", "vgg19"):
+        run_id = f"seed002_squeezenet_dsc/cifar10/{model}/none/base/seed0"
+        assert settings[run_id]["model_options"]["legacy_bn_init"] is True
+        gammas = [m.weight for m in built(run_id, True).modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        assert gammas and all(g.min() >= 0 and g.max() <= 1 for g in gammas)
+        assert not all(torch.all(g == 1) for g in gammas)
+        assert all(torch.all(m.weight == 1) for m in built(run_id, False).modules()
+                   if isinstance(m, nn.modules.batchnorm._BatchNorm))
+    # Seed 004: the new Keras conv10 is glorot-uniform with zero bias (PyTorch's default bound is 1/sqrt(fan_in)).
+    run_id = "seed004_squeezenet_transfer_cifar10/cifar10/squeezenet1_1/none/batch_size-250_epochs-50/seed0"
+    keras, default = built(run_id, True).classifier[1], built(run_id, False).classifier[1]
+    glorot_bound = (6 / (512 + 10)) ** 0.5
+    assert torch.all(keras.bias == 0) and keras.weight.abs().max() > 512 ** -0.5 >= default.weight.abs().max()
+    assert keras.weight.abs().max() <= glorot_bound and not torch.all(default.bias == 0)
+
+
+def test_an_option_the_model_does_not_take_is_a_config_error(raw_config):
+    raw_config["studies"]["seed001_resnet_mobilenet_cifar10"]["model_options"] = {"mobilenet": {"dsc_final_relu": True}}
+    with pytest.raises(cfg.ConfigError, match=r"'studies.seed001_resnet_mobilenet_cifar10.model_options.mobilenet"
+                                              r".dsc_final_relu'.*accepts: legacy_bn_init"):
+        cfg.settings_by_run(cfg.validate(raw_config))

@@ -100,7 +100,9 @@ def test_every_paper_table_has_paper_and_our_columns(smoke):
             assert (frame["runs_ours"].astype(int) > 0).all(), table["file"]
     seed002 = pd.read_csv(results / "tables" / "seed002_table6_cifar10.csv")
     assert (seed002["params_count_ours"] == seed002["params_count_paper"]).all()
-    assert seed002["gpu_time_ms_mean_ours"].isna().all() if "gpu_time_ms_mean_ours" in seed002 else True
+    times = pd.read_csv(results / "tables" / "seed002_table7_cifar10_times.csv")
+    assert times["gpu_time_ms_mean_ours"].isna().all()  # no GPU here: left empty, never a CPU number
+    assert (times["cpu_time_ms_mean_ours"] > 0).all() and (times["cpu_time_ms_std_ours"] >= 0).all()
 
 
 @pytest.mark.e2e
@@ -115,9 +117,12 @@ def test_a_study_added_by_configuration_only_gets_its_table(smoke):
         assert frame[column].ne("").all(), column
     assert (frame["runs_ours"].astype(int) > 0).all()
     assert 0 <= float(frame.loc["CNN", "test_acc_pct_ours"]) <= 100
-    for model in ("fcnn", "cnn"):
+    for model, row in (("fcnn", "FCNN"), ("cnn", "CNN")):
         metrics = json.loads((results / "runs" / SIXTH / "mnist" / model / "none/base/seed0/metrics.json").read_text())
         assert metrics["settings"]["recipe"]["batch_size"] == 32 and metrics["settings"]["recipe"]["optimizer"] == "adam"
+        # The table's cells are this run's numbers, not just any numbers.
+        assert int(frame.loc[row, "params_ours"]) == metrics["params_total"]
+        assert float(frame.loc[row, "test_acc_pct_ours"]) == pytest.approx(100 * metrics["test"]["top1"], abs=1e-3)
     assert not (results / "bench" / SIXTH).exists()  # benchmark: false
     assert "tiny\\_table.csv" in (results / "report" / "tables.tex").read_text()
     assert SIXTH in (results / "report" / "index.html").read_text()

@@ -25,7 +25,9 @@ from cnnrepro import config as cfgmod
 from cnnrepro import datasets, feature_cache, models, train
 from cnnrepro.models import registry
 from cnnrepro.progress import ProgressBar
-from cnnrepro.recipe import effective_speed
+from cnnrepro.recipe import deviations, effective_speed, native_bf16, numerics_record
+from cnnrepro.splits import Split
+from tests.conftest import config_defaults
 
 NORMALIZATION = {
     "mnist": {"mean": [0.1307], "std": [0.3081]},
@@ -36,11 +38,11 @@ BASE_RECIPE = {"optimizer": "adam", "lr": 1e-3, "batch_size": 32, "loss": "ce", 
 # What a frozen ImageNet model sees in these tests: RGB at 32 px (48 px gives SqueezeNet 2x2 feature maps).
 RGB_INPUT = {"size": 32, "rgb": True, "normalization": "imagenet"}
 # Fields that measure the machine, not the run.
-VOLATILE = ("train_seconds", "peak_memory_bytes")
+VOLATILE = ("train_seconds", "peak_memory_bytes", "resumed")
 
 
 def make_settings(model: str = "cnn", recipe: dict | None = None, freeze: str = "none",
-                  input_cfg: dict | None = None, augment: str = "none") -> dict:
+                  input_cfg: dict | None = None, augment: str = "none", speed: dict | None = None) -> dict:
     """Settings as the workflow builds them, from a one-study config."""
     recipe = {**BASE_RECIPE, **(recipe or {})}
     if "max_epochs" in recipe:  # plateau schedules: max_epochs replaces the constant schedule's epochs
@@ -49,7 +51,8 @@ def make_settings(model: str = "cnn", recipe: dict | None = None, freeze: str = 
              "input": input_cfg or {"normalization": "mnist"}, "augment": augment, "eval_split": "test",
              "recipe": recipe}
     config = cfgmod.validate({"studies": {"unit": study}, "normalization": NORMALIZATION,
-                              "freeze_levels": {"none": "all", "head": ["head"]}, "device": "cpu"})
+                              "freeze_levels": {"none": "all", "head": ["head"]}, "device": "cpu",
+                              "speed": speed or {}})
     return cfgmod.run_settings(config, cfgmod.Run("unit", "mnist", model, freeze, "base", 0))
 
 
@@ -122,7 +125,10 @@ def test_short_run_learns_and_writes_every_output(reference):
         assert (folder / name).is_file()
     assert not (folder / "checkpoint.pt").exists()  # removed once the outputs are written
     assert json.loads((folder / "metrics.json").read_text())["test"]["top1"] == record["test"]["top1"]
-    assert record["speed"]["channels_last"] is True and record["speed"]["amp_bf16"] is False
+    # Faithful by default: fp32, no speed switch, and the record says so.
+    assert record["speed"]["channels_last"] is False and record["speed"]["amp_bf16"] is False
+    assert record["speed"]["numerics"]["precision"] == "fp32" and record["speed"]["deviations"] == []
+    assert record["speed"]["numerics"]["deterministic_algorithms"] is True
 
 
 # --------------------------------------------------------------------------- (b) determinism
@@ -137,11 +143,11 @@ def test_same_seed_gives_identical_metrics_and_weights(reference, data_file, tmp
 
 
 def test_cuda_only_switches_do_not_change_cpu_numbers(data_file, tmp_path):
-    on = run(make_settings("fcnn", {"epochs": 2, "amp_bf16": True, "cudnn_benchmark": True}), data_file,
-             tmp_path / "on")
-    off = run(make_settings("fcnn", {"epochs": 2, "amp_bf16": False, "cudnn_benchmark": False}), data_file,
-              tmp_path / "off")
+    cuda_only = {"amp_bf16": True, "tf32": True, "cudnn_benchmark": True}
+    on = run(make_settings("fcnn", {"epochs": 2}, speed=cuda_only), data_file, tmp_path / "on")
+    off = run(make_settings("fcnn", {"epochs": 2}), data_file, tmp_path / "off")
     assert on["test"] == off["test"] and on["train_loss_last"] == off["train_loss_last"]
+    assert on["speed"]["requested"]["amp_bf16"] and on["speed"]["deviations"] == []  # none took effect on CPU
     assert_same_weights(weights(tmp_path / "on"), weights(tmp_path / "off"))
 
 
@@ -201,6 +207,7 @@ def test_killed_run_resumes_to_identical_results(reference, data_file, tmp_path,
     assert proc.returncode == -signal.SIGKILL
     killed_at = _checkpoint_epoch(folder / "checkpoint.pt")
     assert 1 <= killed_at < 4 and not (folder / "metrics.json").exists()
+    seconds_before_kill = torch.load(folder / "checkpoint.pt", weights_only=False)["train_seconds"]
     stale = folder / ".checkpoint.pt.leftover.tmp"  # what a kill inside an atomic write leaves behind
     stale.write_bytes(b"partial")
 
@@ -209,6 +216,9 @@ def test_killed_run_resumes_to_identical_results(reference, data_file, tmp_path,
     assert f"resuming {settings['run_id']} from the checkpoint after epoch {killed_at}" in caplog.text
     assert not stale.exists()
     assert stable(resumed) == stable(record)
+    # The time the paper's "Tempo de Execução" is compared with includes the killed attempt's.
+    assert resumed["resumed"] is True and record["resumed"] is False
+    assert seconds_before_kill > 0 and resumed["train_seconds"] > seconds_before_kill
     assert history_rows(folder) == history_rows(ref_folder)
     assert_same_weights(weights(folder), weights(ref_folder))
 
@@ -327,9 +337,11 @@ def test_huge_learning_rate_diverges_without_exception(data_file, tmp_path):
 def test_feature_cache_trains_the_same_head(model, size, recipe, data_file, tmp_path):
     recipe = {**recipe, "bn_frozen": "eval"}
     input_cfg = {**RGB_INPUT, "size": size}
-    cached = run(make_settings(model, {**recipe, "feature_cache": True}, "head", input_cfg), data_file,
+    # channels_last on: the cache must keep the memory format the backbone emits (dropout masks depend on it).
+    speed = {"channels_last": True}
+    cached = run(make_settings(model, {**recipe, "feature_cache": True}, "head", input_cfg, speed=speed), data_file,
                  tmp_path / "cached")
-    plain = run(make_settings(model, {**recipe, "feature_cache": False}, "head", input_cfg), data_file,
+    plain = run(make_settings(model, {**recipe, "feature_cache": False}, "head", input_cfg, speed=speed), data_file,
                 tmp_path / "plain")
     assert cached["speed"]["feature_cache"] is True and plain["speed"]["feature_cache"] is False
     assert plain["speed"]["feature_cache_reason"] == "recipe.feature_cache is false"
@@ -448,20 +460,42 @@ def test_keras_plateau_early_stops_and_epoch_cap_holds(data_file, tmp_path):
 # --------------------------------------------------------------------------- speed switches, progress, schema
 
 
+def speed_block(**on) -> dict:
+    return {**config_defaults()["speed"], **on}
+
+
+def test_speed_switches_are_off_by_default():
+    assert not any(config_defaults()["speed"].values())
+    assert effective_speed(speed_block(), "cuda", True, (9, 0))["requested"] == dict.fromkeys(
+        ("channels_last", "amp_bf16", "tf32", "cudnn_benchmark", "compile"), False)
+
+
+@pytest.mark.parametrize("capability, bf16", [((7, 5), False), ((8, 0), True), ((9, 0), True), (None, False)])
+def test_bf16_only_where_the_gpu_computes_it_natively(capability, bf16):
+    # T4/V100/RTX 20xx (7.x) report bf16 as supported through emulation: autocast must stay off there.
+    assert native_bf16(capability) is bf16
+    speed = effective_speed(speed_block(amp_bf16=True, tf32=True), "cuda", True, capability)
+    assert speed["amp_bf16"] is bf16 and speed["tf32"] is bf16  # TF32 also starts with Ampere (8.0)
+
+
 def test_effective_speed_decisions():
-    defaults = cfgmod.check_recipe({"lr": 0.1, "batch_size": 1, "epochs": 1}, "r")
-    requested = {"channels_last": True, "amp_bf16": True, "cudnn_benchmark": True, "compile": False}
-    cpu = effective_speed(defaults, "cpu", has_conv=True)
-    assert cpu == {"channels_last": True, "amp_bf16": False, "cudnn_benchmark": False, "compile": False,
-                   "requested": requested}
-    assert effective_speed(defaults, "cpu", has_conv=False)["channels_last"] is False
-    cuda = effective_speed(defaults, "cuda", has_conv=True, bf16_supported=True)
-    assert cuda["amp_bf16"] and cuda["cudnn_benchmark"] and not cuda["compile"]
-    assert not effective_speed(defaults, "cuda", True, bf16_supported=False)["amp_bf16"]
-    off = effective_speed({**defaults, "amp_bf16": False, "cudnn_benchmark": False, "channels_last": False,
-                           "compile": True}, "cuda", True)
-    assert off["amp_bf16"] is False and off["cudnn_benchmark"] is False and off["channels_last"] is False
-    assert off["compile"] is True and off["requested"]["compile"] is True
+    every = speed_block(channels_last=True, amp_bf16=True, tf32=True, cudnn_benchmark=True)
+    cpu = effective_speed(every, "cpu", has_conv=True)
+    assert {k: v for k, v in cpu.items() if k != "requested"} == {
+        "channels_last": True, "amp_bf16": False, "tf32": False, "cudnn_benchmark": False, "compile": False}
+    assert effective_speed(every, "cpu", has_conv=False)["channels_last"] is False
+    cuda = effective_speed(every, "cuda", has_conv=True, capability=(8, 6))
+    assert cuda["amp_bf16"] and cuda["cudnn_benchmark"] and cuda["tf32"] and not cuda["compile"]
+    compiled = effective_speed(speed_block(compile=True), "cuda", True, (8, 0))
+    assert compiled["compile"] is True and compiled["amp_bf16"] is False and compiled["channels_last"] is False
+
+
+def test_the_record_names_every_deviation_from_fp32():
+    numerics = {"precision": "bf16 autocast", "tf32_matmul": True, "tf32_cudnn": True, "cudnn_benchmark": True,
+                "channels_last": True, "compile": False}
+    assert deviations(numerics) == ["bf16 autocast", "TF32 matmul", "TF32 cuDNN", "cudnn.benchmark", "channels_last"]
+    faithful = numerics_record(effective_speed(speed_block(), "cpu", True), torch.device("cpu"), "cpu", None)
+    assert faithful["precision"] == "fp32" and deviations(faithful) == []
 
 
 def test_progress_bar_draws_only_when_enabled():
@@ -480,9 +514,30 @@ def test_progress_bar_draws_only_when_enabled():
     assert not bar.enabled and piped.getvalue() == ""
 
 
-def test_schema_accepts_the_speed_and_cache_keys():
-    recipe = {"lr": 0.1, "batch_size": 1, "epochs": 1, "feature_cache": False, "channels_last": True,
-              "amp_bf16": False, "cudnn_benchmark": False, "compile": False}
-    assert cfgmod.check_recipe(recipe, "r")["feature_cache"] is False
-    with pytest.raises(cfgmod.ConfigError, match="'r.feature_cache'"):
-        cfgmod.check_recipe({**recipe, "feature_cache": "yes"}, "r")
+def test_speed_switches_live_in_the_speed_block_not_the_recipe():
+    with pytest.raises(cfgmod.ConfigError, match="'r'.*channels_last.*misspelt"):
+        cfgmod.check_recipe({"lr": 0.1, "batch_size": 1, "epochs": 1, "channels_last": True}, "r")
+    assert cfgmod.check_recipe({"lr": 0.1, "batch_size": 1, "epochs": 1, "feature_cache": False}, "r")[
+        "feature_cache"] is False
+
+
+def test_keras_epoch_loss_weights_each_batch_by_its_size(data_file):
+    # 256 images in batches of 100: 100, 100, 56. With lr 0 and no dropout the loss of every batch is known in
+    # advance, so both means can be computed by hand.
+    train_split = datasets.read_compact(data_file)["splits"]["train"]
+    split = Split(train_split["x"], train_split["y"], lambda x, generator=None, train=False: x.float() / 255,
+                  torch.device("cpu"))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 10))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    losses = {mode: train.train_one_epoch(model, split, optimizer, F.cross_entropy, 100,
+                                          torch.Generator().manual_seed(1), "train", False, epoch_loss=mode)[0]
+              for mode in ("batch_mean", "sample_mean")}
+    order = torch.randperm(256, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        per_batch = [(F.cross_entropy(model(split.x[idx].float() / 255), split.y[idx]).item(), len(idx))
+                     for idx in order.split(100)]
+    assert [n for _, n in per_batch] == [100, 100, 56]
+    assert losses["batch_mean"] == pytest.approx(sum(loss for loss, _ in per_batch) / 3, rel=1e-6)
+    assert losses["sample_mean"] == pytest.approx(sum(loss * n for loss, n in per_batch) / 256, rel=1e-6)
+    assert losses["sample_mean"] != pytest.approx(losses["batch_mean"], rel=1e-6)  # the last batch is smaller

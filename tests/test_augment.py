@@ -343,3 +343,12 @@ def test_build_transform_crop_padding_after_resize():
 def test_build_transform_unknown_augment():
     with pytest.raises(ValueError, match="crop_flip"):
         A.build_batch_transform(dict(CIFAR, augment="autoaugment"), "cpu")
+
+
+def test_channels_last_batches_come_out_in_one_copy():
+    x = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
+    spec = {"rgb": True, "input_size": 32, "augment": "none", "mean": [0.5] * 3, "std": [0.5] * 3}
+    plain = A.build_batch_transform(spec, "cpu")(x)
+    cl = A.build_batch_transform({**spec, "channels_last": True}, "cpu")(x)
+    assert plain.is_contiguous() and cl.is_contiguous(memory_format=torch.channels_last) and not cl.is_contiguous()
+    assert torch.equal(plain, cl)  # the same values, already in the layout the model reads

@@ -314,7 +314,8 @@ def test_paper_examples_are_transformed_one_at_a_time(tmp_path):
 
     data = tmp_path / "mnist.pt"
     datasets.write_compact(datasets.make_synthetic("mnist", 20, 30), data, {"dataset": "mnist"})
-    settings = {"input": {"size": 64, "rgb": True, "mean": [0.5] * 3, "std": [0.25] * 3}, "augment": "none"}
+    settings = {"input": {"size": 64, "rgb": True, "mean": [0.5] * 3, "std": [0.25] * 3}, "augment": "none",
+                "speed": {"channels_last": False}}
     examples = bench.PaperExamples(settings, data, 25)
     batches = list(examples)
     assert len(examples) == 25 and len(batches) == 25 and examples.shape_chw == (3, 64, 64)

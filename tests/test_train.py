@@ -10,6 +10,7 @@ import io as stdio
 import json
 import logging
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnrepro import config as cfgmod
-from cnnrepro import datasets, feature_cache, models, train
+from cnnrepro import checkpoint, datasets, feature_cache, models, train
 from cnnrepro.models import registry
 from cnnrepro.progress import ProgressBar
 from cnnrepro.recipe import deviations, effective_speed, native_bf16, numerics_record
@@ -91,7 +92,12 @@ def _restore_torch_globals():
     deterministic = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     rng = torch.get_rng_state()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")  # a CPU run hides the GPUs from its process
     yield
+    if visible is None:
+        os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+    else:
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
     torch.set_rng_state(rng)
@@ -541,3 +547,82 @@ def test_keras_epoch_loss_weights_each_batch_by_its_size(data_file):
     assert losses["batch_mean"] == pytest.approx(sum(loss for loss, _ in per_batch) / 3, rel=1e-6)
     assert losses["sample_mean"] == pytest.approx(sum(loss * n for loss, n in per_batch) / 256, rel=1e-6)
     assert losses["sample_mean"] != pytest.approx(losses["batch_mean"], rel=1e-6)  # the last batch is smaller
+
+
+# --------------------------------------------------------------------------- CUDA paths through CPU seams
+
+
+def _crash_after_checkpoint(settings, data_file, folder):
+    """Run until the last checkpoint is written, then die before the outputs (as a killed job would)."""
+    def crash(*args, **kwargs):
+        raise RuntimeError("crash")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train.io, "write_json", crash)
+        with pytest.raises(RuntimeError, match="crash"):
+            run(settings, data_file, folder)
+    assert (folder / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("change", ["speed", "device"])
+def test_a_checkpoint_from_other_speed_settings_or_another_device_is_refused(change, data_file, tmp_path, caplog,
+                                                                           monkeypatch):
+    settings = make_settings("fcnn", {"epochs": 2})
+    _crash_after_checkpoint(make_settings("fcnn", {"epochs": 2}, speed={"channels_last": True})
+                            if change == "speed" else settings, data_file, tmp_path)
+    if change == "device":
+        # The same settings, but the checkpoint was written by a run on another device type (a CPU checkpoint
+        # resumed on a GPU once crashed on its RNG state): the fingerprint includes the device type.
+        real = checkpoint.settings_hash
+        monkeypatch.setattr(checkpoint, "settings_hash", lambda obj: real({**obj, "device": "cuda"}))
+    caplog.set_level(logging.INFO, logger="cnnrepro")
+    record = run(settings, data_file, tmp_path)
+    assert "ignoring checkpoint" in caplog.text and "other settings" in caplog.text and "resuming" not in caplog.text
+    assert record["status"] == "ok" and record["resumed"] is False
+
+
+def test_a_checkpoint_is_read_to_the_cpu_and_moved_deliberately(data_file, tmp_path, monkeypatch):
+    settings = make_settings("cnn", {"optimizer": "adam", "epochs": 2})
+    _crash_after_checkpoint(settings, data_file, tmp_path)
+    seen, real_load = [], torch.load
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("map_location"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    ckpt = checkpoint.load(tmp_path / "checkpoint.pt", checkpoint.settings_hash({}), "")  # wrong fingerprint: None
+    assert ckpt is None and seen == ["cpu"]  # never onto the run's device: RNG states must stay CPU byte tensors
+    raw = real_load(tmp_path / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert raw["rng"]["torch"].dtype == torch.uint8 and "cuda" not in raw["rng"]  # a CPU run saves no CUDA RNG
+    assert all(t.device.type == "cpu" for t in raw["model"].values())
+    resumed = run(settings, data_file, tmp_path)
+    assert resumed["resumed"] is True and seen.count("cpu") >= 2
+
+
+def test_saved_weights_are_cpu_tensors_whatever_the_device():
+    class OnAnotherDevice:  # stands for a CUDA tensor: what leaves it must come through .cpu()
+        def detach(self):
+            return self
+
+        def cpu(self):
+            return "moved to the cpu"
+
+    assert checkpoint.to_cpu({"w": OnAnotherDevice()}) == {"w": "moved to the cpu"}
+
+
+def test_a_cpu_run_never_initialises_cuda(data_file, tmp_path, monkeypatch):
+    # A job pinned to the CPU (device: cpu) on a machine with a GPU: our code asks CUDA nothing, and the job
+    # hides the GPUs so that torch itself (the optimizers' graph-capture check) sees no accelerator either.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.accelerator, "current_accelerator",
+                        lambda check_available=False: None if os.environ["CUDA_VISIBLE_DEVICES"] == ""
+                        else torch.device("cuda"))
+    calls = []
+    for name in ("get_rng_state", "get_rng_state_all", "set_rng_state", "get_device_capability", "init",
+                 "max_memory_allocated"):
+        monkeypatch.setattr(torch.cuda, name, lambda *a, _name=name, **k: calls.append(_name))
+    record = run(make_settings("fcnn", {"epochs": 1}), data_file, tmp_path)
+    assert record["status"] == "ok" and calls == [] and not torch.cuda.is_initialized()
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == ""

@@ -351,7 +351,8 @@ def build_batch_transform(spec: dict, device) -> Callable[..., Tensor]:
     Keys: ``rgb`` (bool), ``input_size`` (int or None), ``augment`` (a name in
     :data:`AUGMENTATIONS`), ``crop_padding`` (default 4, in pixels of the
     input resolution, i.e. after resizing), ``mean``/``std`` (sequences; None
-    or empty means no normalisation).
+    or empty means no normalisation), ``channels_last`` (bool: the memory format
+    of the output batch).
 
     The returned callable ``f(x_uint8_batch, generator, train)`` does, in
     effect: uint8 -> float / 255 (float input is taken as already scaled),
@@ -375,6 +376,7 @@ def build_batch_transform(spec: dict, device) -> Callable[..., Tensor]:
     if (mean is None or len(mean) == 0) != (std is None or len(std) == 0):
         raise ValueError("mean and std must be given together")
     dev = torch.device(device)
+    memory_format = torch.channels_last if spec.get("channels_last") else torch.contiguous_format
     if do_norm:
         mean_t = torch.as_tensor(mean, dtype=torch.float32, device=dev)
         std_t = torch.as_tensor(std, dtype=torch.float32, device=dev)
@@ -398,6 +400,7 @@ def build_batch_transform(spec: dict, device) -> Callable[..., Tensor]:
             x = to_rgb(x)
         if do_norm:
             x = normalize(x, mean_t, std_t)
-        return x.contiguous()
+        # One copy into the layout the model reads (a second one, NCHW then channels_last, would be wasted).
+        return x.contiguous(memory_format=memory_format)
 
     return transform

@@ -605,6 +605,14 @@ def run_benchmark(
 # --------------------------------------------------------------------------- the workflow's benchmark job
 
 
+def numerics(device: torch.device) -> dict:
+    """What the benchmark computed in: fp32 (no autocast here) and the TF32/cuDNN flags in force."""
+    cuda = device.type == "cuda"
+    return {"precision": "fp32", "tf32_matmul": cuda and torch.backends.cuda.matmul.allow_tf32,
+            "tf32_cudnn": cuda and torch.backends.cudnn.allow_tf32,
+            "compute_capability": ".".join(map(str, torch.cuda.get_device_capability(device))) if cuda else None}
+
+
 def load_trained_model(settings: dict, weights: str | Path) -> nn.Module:
     from cnnrepro.recipe import build_run_model
 
@@ -644,6 +652,9 @@ def benchmark_job(settings: dict, weights: str | Path, data: str | Path, kind: s
         record = not_measured_record("not measured: no CUDA device", "gpu")
         log.info("GPU benchmark of %s not measured: no CUDA device", settings["run_id"])
     else:
+        if kind == "gpu":
+            # As in training: TF32 only when the speed block asks for it (torch's own default allows it in cuDNN).
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(settings["speed"]["tf32"])
         model = load_trained_model(settings, weights)
         inputs = PaperExamples(settings, data, bench_settings["paper_runs"])
         options = {**bench_settings, "num_threads": bench_settings["cpu_threads"] if kind == "cpu" else None}
@@ -652,6 +663,7 @@ def benchmark_job(settings: dict, weights: str | Path, data: str | Path, kind: s
                                data_parallel=settings["latency_data_parallel"])
         log.info("median latency %.3f ms (correct), mean %.3f ms (paper-faithful)",
                  record["latency_correct"]["median_ms"], record["latency_paper"]["mean_ms"])
+        record["numerics"] = numerics(torch.device("cuda", 0) if kind == "gpu" else torch.device("cpu"))
     record.update(ident)
     write_json(out, record)
     return record

@@ -20,7 +20,8 @@ from cnnrepro import io
 log = logging.getLogger("cnnrepro.checkpoint")
 
 # 2: checkpoints hold only the state training can change, plus a digest of the frozen rest.
-# 3: they also hold the training seconds so far, so a resumed run reports its whole time.
+# 3: they also hold the training seconds so far, so a resumed run reports its whole time; tensors are saved
+#    from the CPU, and only a CUDA run's own device RNG.
 VERSION = 3
 
 
@@ -28,18 +29,26 @@ def settings_hash(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def rng_state(generator: torch.Generator) -> dict:
+def rng_state(generator: torch.Generator, device: torch.device) -> dict:
+    """The random streams a run draws from. Only a CUDA run asks CUDA (a CPU job never initialises it), and
+    only for its own device, so a resume with fewer GPUs visible still fits."""
     state = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict, generator: torch.Generator) -> None:
+def set_rng_state(state: dict, generator: torch.Generator, device: torch.device) -> None:
+    # RNG states are CPU byte tensors whatever device the run uses (load() keeps them on the CPU).
     torch.set_rng_state(state["torch"])
     generator.set_state(state["generator"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def to_cpu(state: dict) -> dict:
+    """A state dict with every tensor on the CPU: what a file must hold to load on a machine without a GPU."""
+    return {key: value.detach().cpu() for key, value in state.items()}
 
 
 def remove_stale_temporaries(paths) -> None:
@@ -79,12 +88,16 @@ def load_state(model: nn.Module, partial: dict) -> None:
     model.load_state_dict({**model.state_dict(), **partial})
 
 
-def load(path: Path, fingerprint: str, frozen: str, device: torch.device) -> dict | None:
-    """The checkpoint at ``path`` if it was written for this fingerprint and these frozen weights, else None."""
+def load(path: Path, fingerprint: str, frozen: str) -> dict | None:
+    """The checkpoint at ``path`` if it was written for this fingerprint and these frozen weights, else None.
+
+    It is loaded to the CPU: load_state_dict copies weights and optimizer state onto the model's device
+    (Adam's ``step`` stays on the CPU, as torch keeps it), and the RNG states must stay CPU byte tensors.
+    """
     if not path.exists():
         return None
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # a damaged file must not cost the run: start over instead
         log.warning("ignoring checkpoint %s: it cannot be read (%s: %s)", path, type(exc).__name__, exc)
         return None

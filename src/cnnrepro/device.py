@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 
 import torch
@@ -13,7 +14,15 @@ def cuda_available() -> bool:
 
 
 def pick_device(requested: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present; ``cuda`` without a CUDA device is an error that says what to set."""
+    """``auto`` picks CUDA when present; ``cuda`` without a CUDA device is an error that says what to set.
+
+    A job pinned to the CPU hides the GPUs from itself, so that nothing in it (torch's optimizers check for
+    CUDA graph capture at every step) creates a CUDA context on a GPU machine.
+    """
+    if requested == "cpu":
+        if not torch.cuda.is_initialized():
+            os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        return torch.device("cpu")
     if requested == "cuda" and not cuda_available():
         raise RuntimeError("device: cuda was requested but no CUDA device is available; set device: auto or cpu")
     if requested in ("cuda", "auto") and cuda_available():

@@ -41,7 +41,8 @@ def classification_metrics(targets: torch.Tensor, preds: torch.Tensor, num_class
     return out
 
 
-def topk_hits(logits: torch.Tensor, targets: torch.Tensor, k: int) -> int:
+def topk_hits(logits: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
+    """How many targets are among the k largest logits, as a tensor on the logits' device (no sync)."""
     k = min(k, logits.shape[1])
     top = logits.topk(k, dim=1).indices
-    return int((top == targets.unsqueeze(1)).any(dim=1).sum())
+    return (top == targets.unsqueeze(1)).any(dim=1).sum()

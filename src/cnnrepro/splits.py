@@ -35,7 +35,7 @@ def batch_transform(settings: dict, device: torch.device, augment_name: str | No
     """The run's on-device batch transform (input adaptation, augmentation, normalisation)."""
     inp = settings["input"]
     spec = {"rgb": inp["rgb"], "input_size": inp["size"], "augment": augment_name or settings["augment"],
-            "mean": inp["mean"], "std": inp["std"]}
+            "mean": inp["mean"], "std": inp["std"], "channels_last": settings["speed"]["channels_last"]}
     return augment.build_batch_transform(spec, device)
 
 

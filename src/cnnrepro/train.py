@@ -179,13 +179,13 @@ def set_up(settings: dict, data_path: str | Path, outputs: RunOutputs, weights_d
 
 def resume(run: Run) -> None:
     """Continue from the run's checkpoint when it was written for exactly this run."""
-    ckpt = checkpoint.load(run.outputs.checkpoint, run.fingerprint, run.frozen, run.device)
+    ckpt = checkpoint.load(run.outputs.checkpoint, run.fingerprint, run.frozen)
     if ckpt is None:
         return
     checkpoint.load_state(run.model, ckpt["model"])
     run.optimizer.load_state_dict(ckpt["optimizer"])
     run.schedule.load_state_dict(ckpt["schedule"])
-    checkpoint.set_rng_state(ckpt["rng"], run.generator)
+    checkpoint.set_rng_state(ckpt["rng"], run.generator, run.device)
     run.history, run.best_state, run.best_epoch = ckpt["history"], ckpt["best_state"], ckpt["best_epoch"]
     run.epoch, run.seconds_before = ckpt["epoch"], ckpt["train_seconds"]
     log.info("resuming %s from the checkpoint after epoch %d (%.0f s spent so far)", run.settings["run_id"],
@@ -221,8 +221,9 @@ def run_epoch(run: Run) -> float:
              ("≤" if run.recipe["schedule"] != "constant" else "") + format_eta(remaining),
              f" — stop: {decision.reason}" if decision.stop else "")
     checkpoint.save(run.outputs.checkpoint, fingerprint=run.fingerprint, frozen_digest=run.frozen, epoch=epoch,
-                    model=checkpoint.mutable_state(run.model), optimizer=optimizer.state_dict(),
-                    schedule=run.schedule.state_dict(), rng=checkpoint.rng_state(run.generator), history=run.history,
+                    model=checkpoint.to_cpu(checkpoint.mutable_state(run.model)), optimizer=optimizer.state_dict(),
+                    schedule=run.schedule.state_dict(), rng=checkpoint.rng_state(run.generator, run.device),
+                    history=run.history,
                     best_state=run.best_state, best_epoch=run.best_epoch, train_seconds=run.train_seconds())
     return train_loss
 
@@ -272,21 +273,23 @@ def evaluate(model, split: Split, criterion, batch_size: int, num_classes: int, 
              detailed: bool = False, amp: bool = False) -> dict:
     model.eval()
     device = split.x.device
-    total_loss, seen = 0.0, 0
-    preds, top5 = [], 0
+    # Sums stay on the device (float64: the same sums Python floats gave), so a GPU syncs once, not per batch.
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    top5 = torch.zeros((), dtype=torch.long, device=device)
+    preds, seen = [], 0
     for x, y in split.batches(batch_size, None, train=False):
         with autocast(device, amp):
             logits = model(to_format(x, channels_last))
         logits = logits.float()
-        total_loss += float(criterion(logits, y)) * len(y)
+        total_loss += criterion(logits, y).double() * len(y)
         seen += len(y)
         preds.append(logits.argmax(1))
         if num_classes > 5:
             top5 += metrics.topk_hits(logits, y, 5)
     pred = torch.cat(preds)
-    out = {"loss": total_loss / max(seen, 1), "acc": float((pred == split.y).float().mean())}
+    out = {"loss": float(total_loss) / max(seen, 1), "acc": float((pred == split.y).float().mean())}
     if detailed:
-        hits = {5: top5} if num_classes > 5 else {}
+        hits = {5: int(top5)} if num_classes > 5 else {}
         out.update(metrics.classification_metrics(split.y, pred, num_classes, hits))
     return out
 
@@ -315,7 +318,7 @@ def write_record(run: Run) -> dict:
         selected_epoch = run.best_epoch
     test = last if selected_epoch == epoch else evaluate_split(run, "test", True)
     final_eval = last_eval if selected_epoch == epoch else evaluate_split(run, "eval")
-    io.torch_save(run.model.state_dict(), run.outputs.weights)
+    io.torch_save(checkpoint.to_cpu(run.model.state_dict()), run.outputs.weights)
     _write_history(run.outputs.history, run.history)
     history = run.history
     record = {
@@ -368,7 +371,7 @@ def write_diverged(run: Run, loss: float) -> dict:
         "diverged_epoch": run.epoch, "diverged_loss": str(loss), "epochs_run": run.epoch - 1,
         "train_seconds": run.train_seconds(), "torch_version": torch.__version__, "device": str(run.device),
         "device_name": device_name(run.device), "speed": _speed_record(run)}
-    io.torch_save(run.model.state_dict(), run.outputs.weights)
+    io.torch_save(checkpoint.to_cpu(run.model.state_dict()), run.outputs.weights)
     _write_history(run.outputs.history, run.history)
     io.write_json(run.outputs.metrics, record)
     run.outputs.checkpoint.unlink(missing_ok=True)

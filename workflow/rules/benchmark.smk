@@ -17,6 +17,7 @@ rule benchmark_gpu:
     threads: 1
     resources:
         gpu=gpu_request,
+        mem_mb=bench_mem_mb,
     params:
         settings=bench_settings,
         bench=config["benchmark"],
@@ -38,6 +39,7 @@ use rule benchmark_gpu as benchmark_cpu with:
         else config["benchmark"]["cpu_threads"]
     resources:
         gpu=0,
+        mem_mb=bench_mem_mb,
     params:
         settings=bench_settings,
         bench=config["benchmark"],

@@ -6,6 +6,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from cnnrepro import config as cfg  # noqa: E402
+from cnnrepro import resources  # noqa: E402
 
 try:
     cfg.validate(
@@ -46,6 +47,14 @@ def bench_run(wildcards):
 
 def bench_settings(wildcards):
     return SETTINGS[bench_run(wildcards).id]
+
+
+def bench_mem_mb(wildcards):
+    return resources.bench_mem_mb(
+        bench_settings(wildcards),
+        cfg.data_settings(config, wildcards.dataset),
+        config["benchmark"],
+    )
 
 
 def train_settings(wildcards):

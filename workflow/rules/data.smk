@@ -57,7 +57,9 @@ rule prepare_dataset:
     conda:
         "../../envs/cnnrepro.yaml"
     resources:
-        mem_mb=4000,
+        mem_mb=lambda wildcards: resources.prepare_mem_mb(
+            wildcards.dataset, cfg.data_settings(config, wildcards.dataset)
+        ),
     params:
         settings=lambda wildcards: cfg.data_settings(config, wildcards.dataset),
         root=config["data_root"],

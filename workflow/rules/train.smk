@@ -17,7 +17,9 @@ rule train:
     threads: config["train_threads"]
     resources:
         gpu=gpu_request,
-        mem_mb=8000,
+        mem_mb=lambda wildcards: resources.train_mem_mb(
+            train_settings(wildcards), cfg.data_settings(config, wildcards.dataset)
+        ),
     params:
         settings=train_settings,
         weights_dir=config["weights_dir"],

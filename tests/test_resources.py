@@ -1,0 +1,63 @@
+"""Memory requests come from a formula over what a job holds, and the benchmark never holds a float test set."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from cnnrepro import config as cfg
+from cnnrepro import resources
+
+
+@pytest.fixture
+def settings(raw_config):
+    config = cfg.validate(raw_config)
+    return config, cfg.settings_by_run(config)
+
+
+def test_memory_grows_with_what_the_job_holds(settings):
+    config, by_run = settings
+    plain = by_run["seed003_kmnist_fcnn_cnn/kmnist/fcnn/none/augment-none/seed42"]
+    expanded = by_run["seed003_kmnist_fcnn_cnn/kmnist/fcnn/none/augment-kmnist10x/seed42"]
+    data = cfg.data_settings(config, "kmnist")
+    # Seed 003's 10 augmented copies of 60,000 28x28 images: ~470 MB more to hold.
+    assert resources.train_mem_mb(expanded, data) - resources.train_mem_mb(plain, data) > 1.5 * 400
+    small = {**data, "source": "synthetic", "synthetic_train": 256, "synthetic_test": 128}
+    assert resources.train_mem_mb(plain, small) < resources.train_mem_mb(plain, data)
+    assert resources.dataset_bytes("kmnist", data) == 70_000 * 28 * 28
+    assert resources.dataset_bytes("kmnist", {**data, "subsample_train": 5000}) == 15_000 * 28 * 28
+
+
+def test_activations_count_in_host_memory_only_when_training_on_the_cpu(settings):
+    config, by_run = settings
+    seed000 = by_run["seed000_resnet_mnist/mnist/resnet50/head/base/seed0"]
+    data = cfg.data_settings(config, "mnist")
+    on_gpu = resources.train_mem_mb({**seed000, "device": "auto"}, data)
+    on_cpu = resources.train_mem_mb({**seed000, "device": "cpu"}, data)
+    assert on_cpu > on_gpu + 10_000  # batch 512 at 224 px
+    assert resources.bench_mem_mb(seed000, data, {**config["benchmark"], "batch_sizes": [1, 128]}) > \
+        resources.bench_mem_mb(seed000, data, {**config["benchmark"], "batch_sizes": [1]})
+
+
+@pytest.mark.slow
+def test_preparing_seed000s_10000_paper_examples_at_224_px_stays_under_1_gib(tmp_path):
+    # Seed 000 times all 10,000 MNIST test images at batch 1, at 224 px in RGB: as one float tensor that is
+    # 10,000 x 3 x 224 x 224 x 4 bytes = 5.6 GiB. Taken one at a time from the uint8 set, the process stays small.
+    script = textwrap.dedent("""
+        import json, resource, sys
+        from cnnrepro import bench, datasets
+        data = sys.argv[1]
+        datasets.write_compact(datasets.make_synthetic("mnist", 10, 10000), data, {"dataset": "mnist"})
+        settings = {"input": {"size": 224, "rgb": True, "mean": [0.485, 0.456, 0.406],
+                              "std": [0.229, 0.224, 0.225]}, "augment": "none", "speed": {"channels_last": False}}
+        examples = bench.PaperExamples(settings, data, 10000)
+        seen = sum(1 for x in examples if x.shape == (1, 3, 224, 224))
+        print(json.dumps({"seen": seen, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+    """)
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "mnist.pt")], capture_output=True, text=True,
+                         check=True, timeout=600)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["seen"] == 10_000
+    assert result["peak_rss"] < 2**30, f"peak RSS {result['peak_rss'] / 2**20:.0f} MiB"

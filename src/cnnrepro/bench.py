@@ -626,10 +626,9 @@ class PaperExamples:
     timed at batch 1. Only the uint8 test set is held; a 224 px float copy of 10,000 images would be ~6 GiB."""
 
     def __init__(self, settings: dict, data: str | Path, count: int):
-        from cnnrepro.datasets import read_compact
-        from cnnrepro.splits import batch_transform
+        from cnnrepro.splits import batch_transform, read_verified
 
-        self.images = read_compact(data)["splits"]["test"]["x"][:count]
+        self.images = read_verified(data)["splits"]["test"]["x"][:count]
         self.transform = batch_transform(settings, torch.device("cpu"), augment_name="none")
 
     def __len__(self) -> int:

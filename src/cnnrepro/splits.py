@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from cnnrepro import augment, datasets
@@ -25,6 +27,18 @@ class Split:
         for start in range(0, n, batch_size):
             idx = order[start:start + batch_size]
             yield self.transform(self.x[idx], generator, train), self.y[idx]
+
+
+def read_verified(data_path: str | Path) -> dict:
+    """The compact dataset, checked against its sha256. A corrupt one is removed with its sidecar, so the next
+    snakemake run rebuilds it (prepare_dataset) instead of anything training on it."""
+    try:
+        return datasets.read_compact(data_path)
+    except datasets.DatasetCorrupt as error:
+        Path(data_path).unlink(missing_ok=True)
+        Path(f"{data_path}.json").unlink(missing_ok=True)
+        raise datasets.DatasetCorrupt(f"{error}. Removed {data_path} and its sidecar: rerun snakemake, which "
+                                      "rebuilds them from the source before training again") from None
 
 
 def identity(x: torch.Tensor, generator=None, train: bool = False) -> torch.Tensor:

@@ -9,6 +9,7 @@ loop runs on cached features (cnnrepro.feature_cache).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import math
@@ -22,12 +23,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cnnrepro import checkpoint, datasets, feature_cache, io, metrics, models, schedules
+from cnnrepro import checkpoint, feature_cache, io, metrics, models, schedules
 from cnnrepro.device import device_name, pick_device
 from cnnrepro.progress import ProgressBar, format_eta
 from cnnrepro.recipe import (autocast, build_run_model, deviations, effective_speed, make_loss, make_optimizer,
                              numerics_record, to_format)
-from cnnrepro.splits import Split, build_splits
+from cnnrepro.splits import Split, build_splits, read_verified
 
 log = logging.getLogger("cnnrepro.train")
 
@@ -150,7 +151,7 @@ def set_up(settings: dict, data_path: str | Path, outputs: RunOutputs, weights_d
     generator.manual_seed(settings["seed"])
     checkpoint.remove_stale_temporaries((outputs.checkpoint, outputs.weights, outputs.history, outputs.metrics))
 
-    splits = build_splits(settings, datasets.read_compact(data_path), device, generator)
+    splits = build_splits(settings, read_verified(data_path), device, generator)
     model = build_run_model(settings, weights_dir=weights_dir)
     recipe = settings["recipe"]
     capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
@@ -238,6 +239,26 @@ def evaluate_split(run: Run, split_name: str, detailed: bool = False) -> dict:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+class OutOfMemory(RuntimeError):
+    """A batch did not fit; the message names the batch size and the setting that changes it."""
+
+
+@contextlib.contextmanager
+def explain_out_of_memory(batch_size: int, setting: str, device: torch.device):
+    """Turn an allocation failure inside a batch loop into an error that says what to change."""
+    try:
+        yield
+    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as error:
+        text = str(error)
+        if not isinstance(error, (torch.OutOfMemoryError, MemoryError)) and \
+                "can't allocate memory" not in text and "out of memory" not in text:
+            raise
+        raise OutOfMemory(f"out of {'GPU' if device.type == 'cuda' else 'host'} memory with batches of {batch_size} "
+                          f"({type(error).__name__}: {text.splitlines()[0] if text else 'no details'}). Lower "
+                          f"{setting} in the study's recipe (a --configfile overlay), or run on a device with more "
+                          "memory.") from error
+
+
 def train_one_epoch(model, split: Split, optimizer, criterion, batch_size: int, generator, bn_frozen: str,
                     channels_last: bool, amp: bool = False, desc: str = "train",
                     epoch_loss: str = "batch_mean") -> tuple[float, float]:
@@ -253,11 +274,12 @@ def train_one_epoch(model, split: Split, optimizer, criterion, batch_size: int, 
     weighted = epoch_loss == "sample_mean"
     bar = ProgressBar(math.ceil(len(split) / batch_size), desc)
     for x, y in split.batches(batch_size, generator, train=True):
-        with autocast(device, amp):
-            logits = model(to_format(x, channels_last))
-            loss = criterion(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        with explain_out_of_memory(batch_size, "recipe.batch_size", device):
+            with autocast(device, amp):
+                logits = model(to_format(x, channels_last))
+                loss = criterion(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         optimizer.step()
         total_loss += loss.detach() * len(y) if weighted else loss.detach()
         correct += (logits.detach().argmax(1) == y).sum()
@@ -278,7 +300,7 @@ def evaluate(model, split: Split, criterion, batch_size: int, num_classes: int, 
     top5 = torch.zeros((), dtype=torch.long, device=device)
     preds, seen = [], 0
     for x, y in split.batches(batch_size, None, train=False):
-        with autocast(device, amp):
+        with explain_out_of_memory(batch_size, "recipe.eval_batch_size", device), autocast(device, amp):
             logits = model(to_format(x, channels_last))
         logits = logits.float()
         total_loss += criterion(logits, y).double() * len(y)

@@ -7,12 +7,17 @@ afterwards only read from there, so training jobs never touch the network.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..io import sha256_file
 from .registry import get_spec
+
+# torchvision's weight file names: <name>-<hash prefix>.pth (e.g. resnet18-f37072fd.pth).
+HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,})\.pth$")
 
 
 def _tvm():
@@ -45,6 +50,11 @@ def fetch_weights(name: str, weights_dir: str | os.PathLike) -> Path:
     The hash prefix in torchvision's file name is checked on download.
     """
     path = weights_file(name, weights_dir)
+    if path.is_file():
+        try:
+            check_hash(path)  # an interrupted or altered earlier download is fetched again
+        except WeightsCorrupt as error:
+            print(error)
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -70,9 +80,28 @@ def load_weights(name: str, weights_dir: str | os.PathLike) -> dict[str, torch.T
     """Read the state dict from ``weights_dir`` without touching the network."""
     path = weights_file(name, weights_dir)
     if not path.is_file():
-        raise FileNotFoundError(f"Pretrained weights for {name!r} not found. {_how_to_get(name, path)}"
-        )
+        raise FileNotFoundError(f"Pretrained weights for {name!r} not found. {_how_to_get(name, path)}")
+    check_hash(path)
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+class WeightsCorrupt(RuntimeError):
+    """A weights file whose content does not match the hash in its torchvision file name."""
+
+
+def check_hash(path: Path) -> None:
+    """torchvision names weight files <name>-<first hex digits of their sha256>.pth: check them before use, so
+    a truncated or altered download is never trained on. A mismatching file is removed, and refetched by the
+    next snakemake run (its fetch_weights rule)."""
+    expected = HASH_IN_NAME.search(path.name)
+    if expected is None:
+        return
+    actual = sha256_file(path)
+    if not actual.startswith(expected.group(1)):
+        path.unlink()
+        raise WeightsCorrupt(f"{path}: sha256 {actual[:len(expected.group(1))]}... does not match the "
+                             f"{expected.group(1)} in its name (truncated or altered). Removed it: rerun snakemake "
+                             "to fetch it again (needs internet), or copy an intact file there.")
 
 
 def fetch_weights_file(file_name: str, weights_dir: str | os.PathLike) -> Path:

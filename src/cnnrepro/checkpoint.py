@@ -51,14 +51,6 @@ def to_cpu(state: dict) -> dict:
     return {key: value.detach().cpu() for key, value in state.items()}
 
 
-def remove_stale_temporaries(paths) -> None:
-    # A SIGKILL during an atomic write leaves its temporary behind (io.atomic_path names them .<file>.*.tmp);
-    # only this job writes these paths, so anything left over is garbage.
-    for path in paths:
-        for stale in Path(path).parent.glob(f".{Path(path).name}.*.tmp"):
-            stale.unlink(missing_ok=True)
-
-
 def mutable_state(model: nn.Module, clone: bool = False) -> dict:
     """The state entries training can change: trainable parameters and buffers (BatchNorm statistics).
 

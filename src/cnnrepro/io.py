@@ -1,12 +1,16 @@
 """Atomic file outputs: a crash never leaves a half-written result behind.
 
 Every writer goes to a temporary file in the destination folder and renames it into place,
-which is atomic on POSIX file systems.
+which is atomic on POSIX file systems. A write that runs out of space (or quota) leaves the previous
+file untouched, removes its temporary and fails with an OSError that says the disk is full and names
+the file and its folder.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import hashlib
 import json
 import math
@@ -16,19 +20,59 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+# errno values that mean "the file system has no room for this write": out of space, or over the user's quota.
+DISK_FULL_ERRNOS = frozenset(code for code in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if code is not None)
+
+
+def _disk_full_errno(exc: BaseException) -> int | None:
+    """ENOSPC/EDQUOT if ``exc`` or an exception it was raised from or during is an OSError with it, else None.
+
+    The chain matters: torch.save turns the OSError of a failed write into a RuntimeError raised while handling it.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            return exc.errno
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def disk_full_error(code: int, path: Path) -> OSError:
+    what = "no space left on device" if code == errno.ENOSPC else "disk quota exceeded"
+    return OSError(code, f"disk full ({what}) while writing {path.name} in folder {path.parent}: "
+                         f"the previous {path.name}, if any, is unchanged and no partial file was left; "
+                         f"free space in {path.parent} (or write the results to a larger disk) and rerun",
+                   str(path))
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it onto ``path`` if the block succeeds."""
+    """Yield a temporary path next to ``path``; rename it onto ``path`` if the block succeeds.
+
+    If the block fails, the temporary is removed and ``path`` keeps its previous content. A failure caused by a full
+    disk (ENOSPC, or EDQUOT for a quota), whatever the writer turned it into, is raised as an OSError with the same
+    errno whose message says the disk is full and names the file and its folder.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # A writer killed mid-write (SIGKILL) leaves its temporary behind; one job writes a path, so it is garbage.
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+            stale.unlink(missing_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
         yield tmp_path
         os.replace(tmp_path, path)
+    except BaseException as exc:
+        code = _disk_full_errno(exc)
+        if code is None:
+            raise
+        raise disk_full_error(code, path) from exc
     finally:
-        if tmp_path.exists():
+        if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
 
 

@@ -149,7 +149,6 @@ def set_up(settings: dict, data_path: str | Path, outputs: RunOutputs, weights_d
     torch.use_deterministic_algorithms(True, warn_only=True)
     generator = torch.Generator(device=device)
     generator.manual_seed(settings["seed"])
-    checkpoint.remove_stale_temporaries((outputs.checkpoint, outputs.weights, outputs.history, outputs.metrics))
 
     splits = build_splits(settings, read_verified(data_path), device, generator)
     model = build_run_model(settings, weights_dir=weights_dir)

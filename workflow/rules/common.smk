@@ -6,7 +6,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from cnnrepro import config as cfg  # noqa: E402
-from cnnrepro import resources  # noqa: E402
+from cnnrepro import locks, resources  # noqa: E402
+from snakemake.logging import logger  # noqa: E402
+
+# A snakemake killed with SIGKILL leaves its lock behind; rerunning the same command must not need --unlock.
+if stale := locks.remove_stale_locks():
+    logger.warning(
+        f"Removed the lock left by snakemake process {stale['pid']} on {stale['host']}, which is no longer "
+        "running (killed before it could unlock); continuing."
+    )
+
+
+onstart:
+    locks.record_holder()
+
 
 try:
     cfg.validate(

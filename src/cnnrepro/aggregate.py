@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import statistics
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable, Mapping
@@ -33,6 +34,33 @@ BENCH_KINDS = ("cpu", "gpu")
 # What a paper table's output adds after its key and metric columns.
 EXTRA_COLUMNS = ("runs_ours", "device_ours", "deviations_ours", "notes")
 PathLike = str | Path
+# Every number summarize writes: what a paper table's ``metrics`` may name (the run's identity, settings and
+# device names are in the summary too, but they select runs or label them; they are not compared).
+METRIC_FIELDS = (
+    "test_top1_pct", "test_acc", "test_top5_pct", "test_loss", "macro_f1", "eval_loss", "eval_acc",
+    "train_loss_first", "train_loss_last", "train_acc_last", "train_acc_last_pct", "train_seconds", "epochs_run",
+    "selected_epoch", "params_count", "params_trainable", "peak_memory_bytes",
+    # from the model's benchmarks (studies with benchmark: true)
+    "size_MiB", "size_MB_1024000", "size_MB_paper_unit", "state_dict_MiB", "flops_forward", "cpu_time_ms_mean",
+    "cpu_time_ms_std", "cpu_latency_median_ms", "gpu_time_ms_mean", "gpu_time_ms_std", "gpu_latency_median_ms",
+)
+# Summary fields that are maps: <field>.<key>, with what the key may be.
+METRIC_MAPS = {"test_f1_by_class": "a class index 0 .. classes-1, or 'macro avg'"}
+
+
+def metric_field_problem(dotted: str, num_classes: int | None = None) -> str | None:
+    """Why ``dotted`` is not a number :func:`summarize` writes (None when it is one). ``num_classes`` bounds
+    the class index of ``test_f1_by_class.<class>``."""
+    base, _, key = dotted.partition(".")
+    accepted = ", ".join([*METRIC_FIELDS, *(f"{name}.<key> ({what})" for name, what in METRIC_MAPS.items())])
+    if not key and dotted in METRIC_FIELDS:
+        return None
+    if key and base == "test_f1_by_class":
+        if key == "macro avg" or (key.isdigit() and (num_classes is None or int(key) < num_classes)):
+            return None
+        bound = f"0 .. {num_classes - 1}" if num_classes else "a class index"
+        return f"'{key}' is not a class of test_f1_by_class: expected {bound} or 'macro avg'"
+    return f"'{dotted}' is not a field any run's summary holds; accepted: {accepted}"
 
 
 def summarize(record: dict, bench_cpu: dict | None = None, bench_gpu: dict | None = None) -> dict:
@@ -217,17 +245,20 @@ def _add(numbers: list[int], number: int) -> None:
 
 
 def place_notes(table: dict, name: str, key_columns: list[str], metric_columns: list[str], rows: list[dict],
-                require_rows: bool = True) -> Notes:
+                require_rows: bool = True, field: str | None = None) -> Notes:
     """Number a table's ``notes`` (in config order; one text, one number) and place each on the table, the
     cells of a metric column, the rows its ``row`` selects, or those rows' cells of its metric.
 
     ``row`` maps key columns to printed values (all must match); ``metric`` is a metric column or a list
     of them. A column the table does not have is an error naming the table and the column, and so is a
-    ``row`` that selects no row (unless ``require_rows`` is off).
+    ``row`` that selects no row (unless ``require_rows`` is off). ``field``, the table entry's config path,
+    starts the message with the note's path.
     """
     notes = Notes(rows=[[] for _ in rows], cells=[{} for _ in rows])
     for j, note in enumerate(table.get("notes") or []):
         where = f"paper table {name}, notes[{j}]"
+        if field is not None:
+            where = f"at '{field}.notes[{j}]': {where}"
         metrics = note.get("metric")
         metrics = [metrics] if isinstance(metrics, str) else list(metrics or [])
         for metric in metrics:
@@ -268,6 +299,171 @@ def check_table_notes(config: dict) -> None:
         paper = pd.read_csv(path, dtype=str, keep_default_na=False)
         metric_cols, key_cols = split_columns(table, list(paper.columns))
         place_notes(table, f"{path.name} (study {study})", key_cols, metric_cols, paper.to_dict("records"))
+
+
+def _read_paper_csv(path: Path, field: str) -> pd.DataFrame:
+    """A paper CSV as text cells; a file pandas would read differently from what it shows (a repeated column
+    name, a row with more or fewer cells than the header) is an error naming the file and the line."""
+    import csv
+
+    where = f"at '{field}.file': {path}"
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            lines = [(number, cells) for number, cells in enumerate(csv.reader(handle), 1) if cells]
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise ValueError(f"{where} cannot be read as CSV ({type(error).__name__}: {error})") from None
+    if not lines:
+        raise ValueError(f"{where} is empty; expected a header line and one line per printed row")
+    header = lines[0][1]
+    repeated = sorted({c for c in header if header.count(c) > 1})
+    if repeated or "" in header:
+        what = f"repeats column '{repeated[0]}'" if repeated else "has a column without a name"
+        raise ValueError(f"{where} {what} in its header ({', '.join(header)}); expected distinct column names")
+    for number, cells in lines[1:]:
+        if len(cells) != len(header):
+            raise ValueError(f"{where}, line {number}: {len(cells)} cells ({','.join(cells)}), expected "
+                             f"{len(header)}, one per column ({', '.join(header)})")
+    if len(lines) == 1:
+        raise ValueError(f"{where} has a header but no rows; expected one line per printed row")
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def _selector_fields(config: dict, study: str) -> tuple[list[str], dict[str, list[str]]]:
+    """(fields, {prefix: keys}): the run fields a paper row can select by (see :func:`run_field`)."""
+    schema = cfg._schema()  # not changed here: no copy needed
+    spec = config["studies"][study]
+    study_schema = schema["properties"]["studies"]["additionalProperties"]["properties"]
+    return ([*RUN_FIELDS[1:], "augment", *spec["grid"]],
+            {"recipe": list(schema["definitions"]["recipe"]["properties"]),
+             "input": [*study_schema["input"]["properties"], "mean", "std"]})
+
+
+def _check_selector(config: dict, study: str, selector: dict, field: str) -> None:
+    """A paper row selects runs by fields they have (a misspelt one would select no run) and by names that exist."""
+    from cnnrepro import datasets, models
+
+    fields, prefixed = _selector_fields(config, study)
+    known = {"dataset": tuple(datasets.DATASETS), "model": models.model_names(),
+             "freeze": tuple(config["freeze_levels"])}
+    for key, value in selector.items():
+        prefix, _, rest = key.partition(".")
+        if key not in fields and not (rest and rest in prefixed.get(prefix, ())):
+            valid = ", ".join([*fields, *(f"{p}.<key> with <key> one of {', '.join(keys)}"
+                                          for p, keys in prefixed.items())])
+            raise ValueError(f"at '{field}': '{key}' is not a run field (misspelt?); a paper row selects runs by: "
+                             f"{valid}")
+        if key in known and value is not None and value not in known[key]:
+            raise ValueError(f"at '{field}': unknown {key} {value!r}; valid values: {', '.join(known[key])}")
+
+
+def _shared_columns(config: dict, study: str, table: dict) -> set[str]:
+    """The columns of every CSV of ``study`` whose table has the same ``metrics`` map as ``table``."""
+    columns: set[str] = set()
+    for other in config["studies"][study]["tables"]:
+        if other["metrics"] == table["metrics"]:
+            path = cfg.paper_table_path(config, other)
+            if path.is_file():
+                columns.update(pd.read_csv(path, dtype=str, keep_default_na=False, nrows=0).columns)
+    return columns
+
+
+def check_paper_table(config: dict, study: str, index: int) -> None:
+    """One configured paper table against its CSV; a ValueError starting ``at '<field>':`` otherwise.
+
+    - ``match`` keys are columns of the CSV; ``where`` and the run fields ``match`` selects are run fields;
+    - ``metrics``: at least one key is a column of the CSV, and each key is a column of it or, for a map shared
+      by several tables of the study (seed 002: an identical map on tables printing different columns), of
+      one of those tables' CSVs; each value is a number every run's summary holds (:data:`METRIC_FIELDS`, or
+      ``test_f1_by_class.<class>``, ``{column}`` templates filled from each row);
+    - rows: no two rows with the same key cells (every column not under metrics); a metric cell is a number
+      as printed, or empty (the paper's "-");
+    - notes name columns the CSV has and select rows (:func:`place_notes`).
+    """
+    from cnnrepro.datasets import DATASETS
+
+    table = config["studies"][study]["tables"][index]
+    field = f"studies.{study}.tables[{index}]"
+    path = cfg.paper_table_path(config, table)
+    paper = _read_paper_csv(path, field)
+    columns = list(paper.columns)
+    listed = ", ".join(columns)
+    clash = [c for c in EXTRA_COLUMNS if c in columns]
+    if clash:
+        raise ValueError(f"at '{field}.file': {path} has a column '{clash[0]}', a name the output uses for its own "
+                         "column; rename it in the CSV")
+    for column, rule in (table.get("match") or {}).items():
+        if column not in columns:
+            raise ValueError(f"at '{field}.match.{column}': '{column}' is not a column of {path}; its columns: "
+                             f"{listed}")
+        if isinstance(rule, str):
+            _check_selector(config, study, {rule: None}, f"{field}.match.{column}")
+        else:
+            for printed, selector in rule.items():
+                _check_selector(config, study, selector, f"{field}.match.{column}.{printed}")
+    _check_selector(config, study, table.get("where") or {}, f"{field}.where")
+    metric_cols, key_cols = split_columns(table, columns)
+    if not metric_cols:
+        raise ValueError(f"at '{field}.metrics': none of {', '.join(table['metrics']) or 'its keys'} is a column of "
+                         f"{path}; its columns: {listed}")
+    shared = None
+    for metric in table["metrics"]:
+        if metric not in columns:
+            shared = _shared_columns(config, study, table) if shared is None else shared
+            if metric not in shared:
+                raise ValueError(
+                    f"at '{field}.metrics.{metric}': '{metric}' is not a column of {path} (its columns: {listed}) "
+                    "nor of any other CSV of the study whose table shares this metrics map; a metrics key is a "
+                    "column of the table's CSV (a map shared by several tables may name a column only some print)")
+    records = paper.to_dict("records")
+    num_classes = max(DATASETS[d].num_classes for d in config["studies"][study]["datasets"])
+    formatter = string.Formatter()
+
+    def describe(i: int) -> str:
+        keys = ", ".join(f"{c}={records[i][c]}" for c in key_cols)
+        return f"line {i + 2} ({keys})" if keys else f"line {i + 2}"
+
+    for metric in metric_cols:
+        source = table["metrics"][metric]
+        if source is None:
+            continue
+        placeholders = [name for _, name, _, _ in formatter.parse(source) if name is not None]
+        for name in placeholders:
+            if name not in columns:
+                raise ValueError(f"at '{field}.metrics.{metric}': {{{name}}} in '{source}' is not a column of "
+                                 f"{path}; its columns: {listed}")
+        for i, record in enumerate(records if placeholders else records[:1]):
+            dotted = source.format(**record)
+            problem = metric_field_problem(dotted, num_classes)
+            if problem:
+                row = f"'{source}' for {describe(i)} of {path}: " if placeholders else ""
+                raise ValueError(f"at '{field}.metrics.{metric}': {row}{problem}")
+    seen: dict[tuple, int] = {}
+    for i, record in enumerate(records):
+        key = tuple(record[c] for c in key_cols)
+        if key in seen:
+            raise ValueError(f"at '{field}.file': {path}, {describe(i)} repeats {describe(seen[key])}: every key "
+                             f"column ({', '.join(key_cols)}) has the same value; expected one row per printed "
+                             "observation")
+        seen[key] = i
+        for metric in metric_cols:
+            cell = record[metric].strip()
+            if cell:
+                try:
+                    float(cell)
+                except ValueError:
+                    raise ValueError(f"at '{field}.file': {path}, {describe(i)}, column '{metric}': "
+                                     f"{record[metric]!r} is not a number; a metric cell holds the printed digits "
+                                     "(decimal point, no thousands separator or unit), or is empty where the paper "
+                                     "prints '-'") from None
+    place_notes(table, f"{path.name} (study {study})", key_cols, metric_cols, records, field=field)
+
+
+def check_paper_tables(config: dict) -> None:
+    """Every configured paper table against its CSV (:func:`check_paper_table`): at the config check, before any
+    job runs, and again before aggregation reads its inputs."""
+    for study, spec in config["studies"].items():
+        for index in range(len(spec["tables"])):
+            check_paper_table(config, study, index)
 
 
 def split_columns(table: dict, columns: list[str]) -> tuple[list[str], list[str]]:
@@ -404,7 +600,7 @@ def aggregate(config: dict, metrics: Iterable[PathLike], bench: Iterable[PathLik
     """
     check_table_files(config, paper_tables, "paper_tables")
     check_table_files(config, tables_out, "tables_out")
-    check_table_notes(config)
+    check_paper_tables(config)  # as at start-up: a CSV edited since then fails here, before any input is read
     summaries = load_summaries(config, metrics, bench)
     written = {}
     for study, table in configured_tables(config):

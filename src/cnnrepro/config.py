@@ -7,9 +7,11 @@ the study has no grid.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import itertools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -70,12 +72,22 @@ def _field_path(parts: Iterable[Any]) -> str:
 
 def load_schema(schema_path: str | Path = SCHEMA_PATH) -> dict:
     """The config schema, with the model, dataset and augmentation names taken from their registrations
-    (read at each call, so a model registered at run time is a valid name)."""
+    (read at each call, so a model registered at run time is a valid name). A copy: the caller may change it."""
+    return copy.deepcopy(_schema(schema_path))
+
+
+def _schema(schema_path: str | Path = SCHEMA_PATH) -> dict:
+    """:func:`load_schema` without the copy, for the checks here (which never change it)."""
     from cnnrepro import augment, datasets, models
 
-    schema = copy.deepcopy(_schema_file(str(schema_path)))
-    names = {"model_name": models.model_names(), "dataset_name": tuple(datasets.DATASETS),
-             "augment_name": tuple(augment.AUGMENTATIONS)}
+    return _named_schema(str(schema_path), tuple(models.model_names()), tuple(datasets.DATASETS),
+                         tuple(augment.AUGMENTATIONS))
+
+
+@functools.lru_cache(maxsize=16)
+def _named_schema(path: str, model_names: tuple, dataset_names: tuple, augment_names: tuple) -> dict:
+    schema = copy.deepcopy(_schema_file(path))
+    names = {"model_name": model_names, "dataset_name": dataset_names, "augment_name": augment_names}
     for definition, values in names.items():
         schema["definitions"][definition]["enum"] = list(values)
     return schema
@@ -94,7 +106,13 @@ def _validator(schema: dict):
     """
     import jsonschema
 
-    base = jsonschema.validators.validator_for(schema)
+    return _filling_validator_class(jsonschema.validators.validator_for(schema))(schema)
+
+
+@functools.lru_cache(maxsize=None)
+def _filling_validator_class(base):
+    import jsonschema
+
     check_properties = base.VALIDATORS["properties"]
 
     def properties_with_defaults(validator, properties, instance, subschema):
@@ -104,34 +122,57 @@ def _validator(schema: dict):
                     instance[key] = copy.deepcopy(sub["default"])
         yield from check_properties(validator, properties, instance, subschema)
 
-    return jsonschema.validators.extend(base, {"properties": properties_with_defaults})(schema)
+    return jsonschema.validators.extend(base, {"properties": properties_with_defaults})
 
 
 def _check_against(instance: Any, schema: dict, where: str = "") -> None:
-    """Validate (filling defaults in place); raise ConfigError naming the first offending field."""
+    """Validate (filling defaults in place); raise ConfigError naming the first offending field, its value and,
+    where the schema has a fixed set, the accepted values or keys."""
     import jsonschema
 
     errors = list(_validator(schema).iter_errors(instance))
     if not errors:
         return
     error = jsonschema.exceptions.best_match(errors)
-    # oneOf errors hide the real cause in their context; show the deepest one.
+    # oneOf errors hide the real cause in their context; show the deepest one, unless every alternative failed on
+    # the value itself and the schema says in words what it accepts.
     while error.context:
+        if error.schema.get("description") and all(not sub.relative_path for sub in error.context):
+            break
         error = jsonschema.exceptions.best_match(error.context)
-    field = _field_path([where, *error.absolute_path] if where else error.absolute_path)
-    hint = ""
-    if error.validator == "additionalProperties":
-        hint = " (a misspelt or unknown key: see workflow/schemas/config.schema.yaml for the valid keys)"
+    parts = [where, *error.absolute_path] if where else list(error.absolute_path)
+    message, hint = error.message, ""
+    if error.context:
+        message = f"{error.instance!r} is not {error.schema['description']}"
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        known = list(error.schema.get("properties", {}))
+        unknown = [key for key in error.instance if key not in known]
+        # Name the misspelt key itself, and every key that is valid at its level.
+        parts.append(unknown[0])
+        message = f"unknown key '{unknown[0]}' (misspelt?)"
+        hint = (f"; valid keys in '{_field_path(parts[:-1])}': {', '.join(known)}" if known else
+                " (see workflow/schemas/config.schema.yaml)")
+    elif error.validator == "required":
+        missing = next((key for key in error.validator_value if key not in error.instance), None)
+        if missing is not None:
+            parts.append(missing)
+            message = f"required key '{missing}' is missing"
+    elif "propertyNames" in error.schema_path:
+        # A name used as a key (a dataset under data.datasets, a model under model_options, ...).
+        parts.append(error.instance)
+        message = f"unknown name '{error.instance}'" if error.validator == "enum" else error.message
     elif error.validator == "enum":
+        message = f"{error.instance!r} is not a valid value"
+    if error.validator == "enum":
         hint = f"; valid values: {', '.join(map(str, error.validator_value))}"
-    raise ConfigError(f"config error at '{field}': {error.message}{hint}")
+    raise ConfigError(f"config error at '{_field_path(parts)}': {message}{hint}")
 
 
 def validate(config: dict, schema_path: str | Path = SCHEMA_PATH) -> dict:
     """Check ``config`` against the schema in one pass that fills its defaults in place, then check what
     the schema cannot (names defined elsewhere in the config, files). Recipes are checked per run
     (:func:`run_settings`), after grid values are applied."""
-    _check_against(config, load_schema(schema_path))
+    _check_against(config, _schema(schema_path))
     check_semantics(config)
     return config
 
@@ -174,17 +215,110 @@ def _check_names(config: dict, name: str, study: dict) -> None:
                           f"'{norm}'; defined: {', '.join(norms)}. Define it under 'normalization'.")
 
 
+def _grid_axes(schema: dict) -> dict[str, list[str]]:
+    """Every valid grid axis: the plain keys, then each prefix with the keys it may be followed by."""
+    study = schema["properties"]["studies"]["additionalProperties"]["properties"]
+    return {"": list(GRID_KEYS), "recipe.": list(schema["definitions"]["recipe"]["properties"]),
+            "input.": list(study["input"]["properties"])}
+
+
+def _check_grid(schema: dict, where: str, study: dict) -> None:
+    axes = _grid_axes(schema)
+    for key in study["grid"]:
+        prefix = next((p for p in GRID_PREFIXES if key.startswith(p)), "")
+        if key[len(prefix):] not in axes[prefix]:
+            valid = "; ".join([", ".join(GRID_KEYS), *(f"{p}<key> with <key> one of {', '.join(axes[p])}"
+                                                       for p in GRID_PREFIXES)])
+            raise ConfigError(f"config error at '{where}.grid.{key}': unknown grid axis '{key}' (misspelt?); a grid "
+                              f"axis is one of: {valid}")
+
+
+# Run fields an exclude rule can name besides the study's grid axes.
+EXCLUDE_FIELDS = ("dataset", "model", "freeze", "seed")
+
+
+def _check_exclude(config: dict, where: str, study: dict) -> None:
+    """An exclude rule names run fields (a misspelt one would silently exclude nothing) and known names."""
+    from cnnrepro import datasets, models
+
+    fields = [*EXCLUDE_FIELDS, *study["grid"]]
+    known = {"dataset": tuple(datasets.DATASETS), "model": models.model_names(),
+             "freeze": tuple(config["freeze_levels"])}
+    for i, rule in enumerate(study["exclude"]):
+        if not rule:
+            raise ConfigError(f"config error at '{where}.exclude[{i}]': an empty rule {{}} would exclude every run; "
+                              f"a rule names run fields: {', '.join(fields)}")
+        for key, value in rule.items():
+            if key not in fields:
+                raise ConfigError(f"config error at '{where}.exclude[{i}].{key}': unknown run field '{key}' "
+                                  f"(misspelt?); an exclude rule matches runs by: {', '.join(fields)}")
+            if key in known and value not in known[key]:
+                raise ConfigError(f"config error at '{where}.exclude[{i}].{key}': unknown {key} {value!r}; "
+                                  f"valid values: {', '.join(map(str, known[key]))}")
+            if key in study["grid"] and value not in study["grid"][key]:
+                raise ConfigError(f"config error at '{where}.exclude[{i}].{key}': {value!r} is none of the values "
+                                  f"'{where}.grid.{key}' takes, so the rule excludes nothing; valid values: "
+                                  f"{', '.join(map(str, study['grid'][key]))}")
+
+
+def _check_normalizations(config: dict) -> None:
+    for name, norm in config["normalization"].items():
+        if len(norm["mean"]) != len(norm["std"]):
+            raise ConfigError(f"config error at 'normalization.{name}': mean has {len(norm['mean'])} values "
+                              f"({norm['mean']}) but std has {len(norm['std'])} ({norm['std']}); give one per "
+                              "channel (or one for all channels) in both")
+
+
+def _check_data(config: dict) -> None:
+    """Each dataset's source can deliver both splits: npz files named and on disk, a test split carved only
+    where the source has none. Checked for every dataset a study uses (its files are needed) and, for what
+    the files cannot change, for every per-dataset override."""
+    used = {dataset for study in config["studies"].values() for dataset in study["datasets"]}
+    for dataset in sorted(used | set(config["data"]["datasets"])):
+        where = f"data.datasets.{dataset}"
+        settings = data_settings(config, dataset)
+        source, npz, carve = settings["source"], settings["npz"], settings["split_test_from_train"]
+        origin = (f"{where}.source" if "source" in config["data"]["datasets"].get(dataset, {})
+                  else "data.source")
+        if source == "npz":
+            if not npz:
+                raise ConfigError(f"config error at '{where}.npz': source npz (set by '{origin}') needs "
+                                  "{train: path, test: path} (test may be left out with split_test_from_train)")
+            if "test" in npz and carve is not None:
+                raise ConfigError(f"config error at '{where}.split_test_from_train': {carve} asks to carve a test "
+                                  f"split from the training data, but '{where}.npz.test' gives one "
+                                  f"({npz['test']}); use one or the other")
+            if "test" not in npz and carve is None:
+                raise ConfigError(f"config error at '{where}.npz': no test file (npz.test) and no "
+                                  f"split_test_from_train; give one of them")
+            if dataset in used:
+                for split, path in npz.items():
+                    if not Path(path).is_file():
+                        raise ConfigError(
+                            f"config error at '{where}.npz.{split}': {path} does not exist (relative paths are "
+                            f"resolved against the working directory, {Path.cwd()}); expected an npz file with keys "
+                            f"x (uint8 [N,H,W] or [N,H,W,C]) and y, or set '{where}.source' to torchvision or "
+                            "synthetic")
+        elif carve is not None:
+            raise ConfigError(f"config error at '{where}.split_test_from_train': {carve} is only for source npz "
+                              f"without a test file; the {source} source (set by '{origin}') has its own test split")
+        elif npz:
+            raise ConfigError(f"config error at '{where}.npz': npz files are given but the source is {source} "
+                              f"(set by '{origin}'), which never reads them; set '{where}.source: npz' or drop npz")
+
+
 def check_semantics(config: dict) -> None:
-    """What the schema cannot check: names defined elsewhere in the config, and files."""
+    """What the schema cannot check: names defined elsewhere in the config, files and their contents (paper
+    tables, npz files)."""
+    schema = _schema()
     tables_dir = Path(config["paper_tables_dir"])
     table_names: dict[str, str] = {}  # output file name -> the field that claimed it first
+    _check_normalizations(config)
     for name, study in config["studies"].items():
         where = f"studies.{name}"
         _check_names(config, name, study)
-        for key in study["grid"]:
-            if key not in GRID_KEYS and not key.startswith(GRID_PREFIXES):
-                raise ConfigError(f"config error at '{where}.grid.{key}': a grid axis must be one of "
-                                  f"{', '.join(GRID_KEYS)} or start with {' or '.join(GRID_PREFIXES)}")
+        _check_grid(schema, where, study)
+        _check_exclude(config, where, study)
         for i, table in enumerate(study["tables"]):
             path, field = paper_table_path(config, table), f"{where}.tables[{i}].file"
             if not path.is_file():
@@ -196,17 +330,14 @@ def check_semantics(config: dict) -> None:
                                   f"{table_names[path.name]}; both would be written to tables/{path.name}. "
                                   "Rename one of the CSVs.")
             table_names[path.name] = f"'{field}' ({path})"
-    from cnnrepro.aggregate import check_table_notes  # here: aggregate imports this module
+    from cnnrepro.aggregate import check_paper_tables  # here: aggregate imports this module
 
     try:
-        check_table_notes(config)
+        check_paper_tables(config)
     except ValueError as error:
-        raise ConfigError(f"config error: {error}") from None
-    for dataset, override in config["data"]["datasets"].items():
-        source = override.get("source", config["data"]["source"])  # an override names only what it changes
-        if source == "npz" and not override["npz"]:
-            raise ConfigError(f"config error at 'data.datasets.{dataset}.npz': source npz needs "
-                              "{train: path, test: path} (test may be left out with split_test_from_train)")
+        raise ConfigError(f"config error {error}" if str(error).startswith("at '") else f"config error: {error}") \
+            from None
+    _check_data(config)
 
 
 def get_path(settings: dict, dotted: str) -> Any:
@@ -276,7 +407,7 @@ def _fragment(schema: dict, definition: dict) -> dict:
 
 def recipe_branches(schema: dict | None = None) -> dict[str, dict[str, set[str]]]:
     """{"optimizer": {"sgd": keys sgd uses, ...}, "schedule": {...}}, read from the recipe's if/then branches."""
-    schema = schema or load_schema()
+    schema = schema or _schema()
     out: dict[str, dict[str, set[str]]] = {}
     for branch in schema["definitions"]["recipe"]["allOf"]:
         ((selector, condition),) = branch["if"]["properties"].items()
@@ -287,7 +418,7 @@ def recipe_branches(schema: dict | None = None) -> dict[str, dict[str, set[str]]
 def check_recipe(recipe: dict, where: str, schema: dict | None = None) -> dict:
     """A copy of ``recipe`` checked against the schema with its defaults filled in; a key that the chosen
     optimizer or schedule does not use is an error naming the key and what the chosen one uses."""
-    schema = schema or load_schema()
+    schema = schema or _schema()
     recipe = copy.deepcopy(recipe)
     _check_against(recipe, _fragment(schema, schema["definitions"]["recipe"]), where)
     for selector, branches in recipe_branches(schema).items():
@@ -322,8 +453,9 @@ def run_settings(config: dict, run: Run) -> dict:
 def _run_settings(config: dict, run: Run, grid_values: dict) -> dict:
     from cnnrepro import augment, datasets, models
 
-    schema = load_schema()
-    study = copy.deepcopy(config["studies"][run.study])
+    schema = _schema()
+    # The study's tables were checked at start-up and settle nothing about a run: not copied for each one.
+    study = {key: copy.deepcopy(value) for key, value in config["studies"][run.study].items() if key != "tables"}
     for key, value in grid_values.items():
         _set_path(study, key, value)
     where = f"studies.{run.study}"
@@ -349,7 +481,7 @@ def _run_settings(config: dict, run: Run, grid_values: dict) -> dict:
         if key not in accepted:
             raise ConfigError(f"config error at '{where}.model_options.{run.model}.{key}': model {run.model} takes "
                               f"no option '{key}'; it accepts: {', '.join(accepted) or 'none'}")
-    return {
+    settings = {
         "run_id": run.id,
         **run.wildcards,
         # The variant's values as configured, before limits cap them: what paper tables select by.
@@ -372,6 +504,129 @@ def _run_settings(config: dict, run: Run, grid_values: dict) -> dict:
         "latency_data_parallel": study["latency_data_parallel"],
         "size_unit": study["size_unit"].get(run.dataset, "MiB"),
     }
+    _check_model(config, run, study, settings, where)
+    return settings
+
+
+@dataclass(frozen=True)
+class ModelProbe:
+    """What building a model on the ``meta`` device (no memory, no weights) and passing it one batch tells."""
+
+    build_error: str | None = None
+    modules: tuple[str, ...] = ()  # every module's dotted name
+    children: tuple[str, ...] = ()  # the top-level modules
+    parameters: tuple[str, ...] = ()  # every parameter's dotted name
+    forward_error: str | None = None
+
+
+@functools.lru_cache(maxsize=256)
+def _probe_model(builder: Any, name: str, num_classes: int, in_channels: int, input_size: int | None,
+                 image_size: int, options: str) -> ModelProbe:
+    """Build ``name`` as a run would (``builder`` only keys the cache, so a re-registered name is built again)
+    on the meta device and run a batch of two ``image_size`` images through it in eval mode: shapes only,
+    milliseconds even for VGG19 or ResNet50."""
+    import warnings
+
+    import torch
+
+    from cnnrepro import models
+
+    def build(device: str | None):
+        with torch.device(device) if device else contextlib.nullcontext():
+            return models.build_model(name, num_classes, in_channels=in_channels, input_size=input_size,
+                                      options=json.loads(options))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # e.g. "Initializing zero-element tensors is a no-op"
+        try:
+            try:
+                model = build("meta")
+            except (NotImplementedError, RuntimeError) as error:
+                if "meta" not in str(error):
+                    raise
+                model = build(None)  # a builder that reads values (.item() ...): built for real, once
+        except (ValueError, TypeError, RuntimeError, KeyError) as error:
+            return ModelProbe(build_error=f"{type(error).__name__}: {error}")
+        forward_error = None
+        try:
+            with torch.no_grad():
+                device = next(model.parameters(), torch.empty(0, device="meta")).device
+                out = model.eval()(torch.empty(2, in_channels, image_size, image_size, device=device))
+            if tuple(out.shape) != (2, num_classes):
+                forward_error = f"its output has shape {list(out.shape)}, expected [2, {num_classes}]"
+        except NotImplementedError:
+            pass  # an operation without a meta kernel: the probe cannot tell, the run will
+        except Exception as error:  # noqa: BLE001 - whatever fails here fails the training job too
+            if "meta" not in str(error):  # data-dependent code (.item() ...) cannot run on meta: undecided
+                forward_error = f"{type(error).__name__}: {error}"
+    return ModelProbe(None, tuple(n for n, _ in model.named_modules()), tuple(n for n, _ in model.named_children()),
+                      tuple(n for n, _ in model.named_parameters()), forward_error)
+
+
+def _check_model(config: dict, run: Run, study: dict, settings: dict, where: str) -> None:
+    """What would otherwise fail inside the training job: pretraining a model that has no weights, channels or a
+    normalisation the model cannot take, images it cannot take, a freeze level naming modules it does not have.
+    The model is built on the meta device (once per distinct build), never with real memory or weights."""
+    from cnnrepro import datasets, models
+
+    spec, dataset = models.get_spec(run.model), datasets.DATASETS[run.dataset]
+    model_field = f"{where}.models[{study['models'].index(run.model)}]"
+    if settings["pretrained"] and spec.pretrained_weights is None:
+        with_weights = [m for m in models.model_names() if models.get_spec(m).pretrained_weights]
+        raise ConfigError(f"config error at '{where}.pretrained': study {run.study} sets pretrained: true, but model "
+                          f"'{run.model}' ('{model_field}') has no pretrained weights: it trains from scratch. Models "
+                          f"with ImageNet weights: {', '.join(with_weights)}. Set pretrained: false, or train "
+                          f"{run.model} in a study of its own")
+    channels = settings["in_channels"]
+    if spec.pretrained_weights is not None and channels != spec.channels:
+        raise ConfigError(f"config error at '{where}.input.rgb': model '{run.model}' takes {spec.channels}-channel "
+                          f"images, but {run.dataset} has {dataset.channels}-channel images and input.rgb is false; "
+                          "valid value here: true (grey images are repeated to RGB)")
+    norm = settings["input"]
+    for key in ("mean", "std"):
+        if len(norm[key]) not in (0, 1, channels):
+            raise ConfigError(f"config error at '{where}.input.normalization': normalization '{norm['normalization']}' "
+                              f"has {len(norm[key])} {key} values ({norm[key]}), but run {run.id} feeds "
+                              f"{channels}-channel images ({run.dataset}, input.rgb {str(norm['rgb']).lower()}); "
+                              f"expected {'1 value' if channels == 1 else f'1 or {channels} values'} per statistic")
+    size = settings["input"]["size"]
+    image = size or dataset.size
+    probe = _probe_model(spec.builder, run.model, settings["num_classes"], channels, size, image,
+                         json.dumps(settings["model_options"], sort_keys=True))
+    if probe.build_error:
+        raise ConfigError(f"config error at '{model_field}': model '{run.model}' cannot be built for run {run.id} "
+                          f"({settings['num_classes']} classes, {channels} channels, input size {size}): "
+                          f"{probe.build_error}")
+    if probe.forward_error:
+        capped = config["limits"]["input_size"] if size and size == config["limits"]["input_size"] else None
+        given = (f"input.size {size}" + (" (limits.input_size)" if capped else "") if size
+                 else f"{run.dataset}'s own {image} px (input.size null)")
+        raise ConfigError(f"config error at '{where}.input.size': model '{run.model}' cannot take the images run "
+                          f"{run.id} feeds it, {channels}x{image}x{image} ({given}): "
+                          f"{probe.forward_error.rstrip('.')}. Its "
+                          f"native input is {spec.channels}x{spec.input_size}x{spec.input_size}; set input.size to a "
+                          "size the model takes")
+    trainable = settings["trainable"]
+    if trainable == "all":
+        return
+    level, field = run.freeze, f"freeze_levels.{run.freeze}"
+    used = f"used by study {run.study} ('{where}.freeze[{study['freeze'].index(level)}]') for model {run.model}"
+    top = ", ".join(probe.children)
+    modules = set(probe.modules) - {""}
+    inner = next((name for name in probe.modules if "." in name), None)
+    inside = f"a dotted name reaches inside one, e.g. {inner}; " if inner else ""
+    resolved = []
+    for j, prefix in enumerate(trainable):
+        module = spec.head if prefix == "head" else prefix
+        if module not in modules:
+            raise ConfigError(f"config error at '{field}[{j}]': freeze level '{level}' ({used}) names module prefix "
+                              f"'{prefix}', which matches no module of {run.model}; its top-level modules: {top} "
+                              f"({inside}'head' stands for its classifier, {spec.head})")
+        resolved.append(module)
+    if not any(param.startswith(module + ".") for param in probe.parameters for module in resolved):
+        raise ConfigError(f"config error at '{field}': freeze level '{level}' ({used}) trains modules "
+                          f"{', '.join(resolved)}, which hold no parameter of {run.model}: nothing would train; its "
+                          f"top-level modules: {top}")
 
 
 def settings_by_run(config: dict) -> dict[str, dict]:
@@ -384,7 +639,7 @@ def data_settings(config: dict, dataset: str) -> dict:
     data = config["data"]
     override = copy.deepcopy(data["datasets"].get(dataset, {}))
     # A dataset without an override still gets the defaults of the keys only an override sets (npz, ...).
-    schema = load_schema()
+    schema = _schema()
     _check_against(override, _fragment(schema, schema["properties"]["data"]["properties"]["datasets"][
         "additionalProperties"]), f"data.datasets.{dataset}")
     return {**{k: v for k, v in data.items() if k != "datasets"}, **override}

@@ -363,15 +363,31 @@ def _check_arrays(info: DatasetInfo | None, split: str, x: torch.Tensor, y: torc
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def load_npz(paths: Mapping[str, str | os.PathLike]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Load split → npz (keys x uint8 [N,28,28] or [N,32,32,3], y) as uint8 NCHW / int64 tensors."""
+def _npz_shapes(info: DatasetInfo | None) -> str:
+    """The x layouts an npz file may hold, for ``info``'s images or any."""
+    if info is None:
+        return "[N,H,W], [N,H,W,C] or [N,C,H,W] (C 1 or 3)"
+    c, s = info.channels, info.size
+    layouts = [f"[N,{s},{s}]"] if c == 1 else []
+    return " or ".join([*layouts, f"[N,{s},{s},{c}]", f"[N,{c},{s},{s}]"]) + f" for {info.name}"
+
+
+def load_npz(paths: Mapping[str, str | os.PathLike],
+             name: str | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Load split → npz (keys x uint8 [N,28,28] or [N,32,32,3], y integer labels [N]) as uint8 NCHW / int64 tensors.
+
+    With ``name`` (a dataset), x must hold that dataset's images and y its class indices; every problem is a
+    DatasetCorrupt naming the file, the array and what was expected.
+    """
+    info = _info(name) if name is not None else None
+    shapes = _npz_shapes(info)
     out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for split, path in paths.items():
         path = Path(path)
         if not path.is_file():
             raise DatasetUnavailable(
                 f"npz file for split {split!r} not found: {path}. Point the npz option at an existing file "
-                f"with keys x (uint8 [N,28,28] or [N,32,32,3]) and y, or use source 'torchvision' or 'synthetic'."
+                f"with keys x (uint8 {shapes}) and y, or use source 'torchvision' or 'synthetic'."
             )
         try:
             with np.load(path, allow_pickle=False) as npz:
@@ -386,18 +402,26 @@ def load_npz(paths: Mapping[str, str | os.PathLike]) -> dict[str, tuple[torch.Te
                 f"{path}: not a readable npz file ({type(exc).__name__}: {exc}); replace it with an intact copy"
             ) from exc
         if x_np.dtype != np.uint8:
-            raise DatasetCorrupt(f"{path}: x dtype is {x_np.dtype}, expected uint8")
-        if x_np.ndim not in (3, 4) or y_np.ndim != 1 or not np.issubdtype(y_np.dtype, np.integer):
-            raise DatasetCorrupt(f"{path}: x shape {x_np.shape} / y shape {y_np.shape} dtype {y_np.dtype} invalid")
+            raise DatasetCorrupt(f"{path}: x dtype is {x_np.dtype}, expected uint8 (pixels 0..255)")
+        if y_np.ndim != 1:
+            raise DatasetCorrupt(f"{path}: y shape {tuple(y_np.shape)} is not [N]; expected one class index per image")
+        if not np.issubdtype(y_np.dtype, np.integer):
+            raise DatasetCorrupt(f"{path}: y dtype is {y_np.dtype}, expected integer class indices")
         if len(x_np) != len(y_np):
-            raise DatasetCorrupt(f"{path}: {len(x_np)} images but {len(y_np)} labels")
+            raise DatasetCorrupt(f"{path}: {len(x_np)} images (x) but {len(y_np)} labels (y); expected one label "
+                                 "per image")
         if len(x_np) == 0:
             raise DatasetCorrupt(f"{path}: holds 0 samples")
         try:
             x = _to_nchw(torch.from_numpy(np.ascontiguousarray(x_np))).contiguous()
-        except ValueError as exc:
-            raise DatasetCorrupt(f"{path}: {exc}") from exc
+        except ValueError:
+            x = None
+        if x is None or (info is not None and tuple(x.shape[1:]) != (info.channels, info.size, info.size)):
+            raise DatasetCorrupt(f"{path}: x shape {tuple(x_np.shape)} is not {shapes}")
         y = torch.from_numpy(y_np.astype(np.int64))
+        if info is not None and (int(y.min()) < 0 or int(y.max()) >= info.num_classes):
+            raise DatasetCorrupt(f"{path}: y holds labels {int(y.min())} .. {int(y.max())}, expected class indices "
+                                 f"0 .. {info.num_classes - 1} for {info.name}")
         out[split] = (x, y)
     return out
 
@@ -753,10 +777,9 @@ def prepare(
         paths = options["npz"] or {}
         if not paths or "train" not in paths:
             raise ValueError(f"{name}: source 'npz' needs options['npz'] = {{'train': path, 'test': path}}")
-        data = load_npz(paths)
-        where = ", ".join(str(p) for p in paths.values())
+        data = load_npz(paths, name)
         for split, (x, y) in data.items():
-            _check_arrays(info, split, x, y, where)
+            _check_arrays(info, split, x, y, str(paths[split]))
         meta["npz"] = {split: {"path": str(p), "sha256": sha256_file(p)} for split, p in paths.items()}
     else:
         n_train, n_test = int(options["synthetic_train"]), int(options["synthetic_test"])

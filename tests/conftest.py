@@ -1,4 +1,5 @@
 import copy
+import os
 from pathlib import Path
 
 import pytest
@@ -45,3 +46,24 @@ def data_options(**overrides) -> dict:
 def bench_options(**overrides) -> dict:
     """The benchmark block as the workflow passes it (schema defaults), with ``overrides``."""
     return {**config_defaults()["benchmark"], **overrides}
+
+
+@pytest.fixture
+def torch_globals_restored():
+    """train_run sets process-wide state (threads, deterministic mode, global RNG, CUDA_VISIBLE_DEVICES for a CPU
+    run); tests that train restore it, so the other test files see torch as they expect."""
+    import torch
+
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    rng = torch.get_rng_state()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    yield
+    if visible is None:
+        os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+    else:
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+    torch.set_rng_state(rng)

@@ -1,7 +1,6 @@
 import copy
 
 import pytest
-import yaml
 
 from cnnrepro import config as cfg
 from cnnrepro import datasets, models

@@ -2,7 +2,6 @@
 where possible, otherwise reported with the fix (issue "Fault tolerance proved by a suite", items 3 and 4)."""
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -24,17 +23,7 @@ def one_run(tmp_path, study: dict):
     return settings, outputs
 
 
-@pytest.fixture(autouse=True)
-def _restore_torch_globals():
-    threads, rng = torch.get_num_threads(), torch.get_rng_state()
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    yield
-    torch.set_num_threads(threads)
-    torch.set_rng_state(rng)
-    if visible is None:
-        os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-    else:
-        os.environ["CUDA_VISIBLE_DEVICES"] = visible
+pytestmark = pytest.mark.usefixtures("torch_globals_restored")
 
 
 @pytest.mark.parametrize("damage", ["truncate", "alter"])

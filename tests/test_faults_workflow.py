@@ -426,22 +426,7 @@ def stable(record: dict) -> dict:
     return {k: v for k, v in json.loads(json.dumps(record)).items() if k not in VOLATILE}
 
 
-@pytest.fixture(autouse=True)
-def _restore_torch_globals():
-    # train_run sets process-wide state (threads, deterministic mode, global RNG); other test files share it.
-    threads = torch.get_num_threads()
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    rng = torch.get_rng_state()
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    yield
-    if visible is None:
-        os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-    else:
-        os.environ["CUDA_VISIBLE_DEVICES"] = visible
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
-    torch.set_rng_state(rng)
+pytestmark = pytest.mark.usefixtures("torch_globals_restored")
 
 
 @pytest.fixture(scope="module")

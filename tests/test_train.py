@@ -3,7 +3,6 @@ divergence, feature caching, checkpoint selection, schedules, speed switches and
 
 from __future__ import annotations
 
-import copy
 import csv
 import dataclasses
 import io as stdio
@@ -85,22 +84,7 @@ def assert_same_weights(a: dict, b: dict) -> None:
         assert torch.equal(a[key], b[key]), key
 
 
-@pytest.fixture(autouse=True)
-def _restore_torch_globals():
-    # train_run sets process-wide state (threads, deterministic mode, global RNG); other test files share it.
-    threads = torch.get_num_threads()
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    rng = torch.get_rng_state()
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")  # a CPU run hides the GPUs from its process
-    yield
-    if visible is None:
-        os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-    else:
-        os.environ["CUDA_VISIBLE_DEVICES"] = visible
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
-    torch.set_rng_state(rng)
+pytestmark = pytest.mark.usefixtures("torch_globals_restored")
 
 
 @pytest.fixture(scope="module")

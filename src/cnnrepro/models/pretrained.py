@@ -11,7 +11,6 @@ import re
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from ..io import sha256_file
 from .registry import get_spec

@@ -67,3 +67,13 @@ def torch_globals_restored():
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
     torch.set_rng_state(rng)
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory) -> Path:
+    """A small synthetic MNIST as the compact file training reads (256 train, 128 test images)."""
+    from cnnrepro import datasets
+
+    path = tmp_path_factory.mktemp("data") / "mnist.pt"
+    datasets.write_compact(datasets.make_synthetic("mnist", 256, 128), path, {"dataset": "mnist"})
+    return path

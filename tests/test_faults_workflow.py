@@ -29,7 +29,7 @@ import pytest
 import torch
 import yaml
 
-from cnnrepro import checkpoint, datasets, io, train
+from cnnrepro import checkpoint, io, train
 from cnnrepro import config as cfgmod
 from tests.test_e2e import copy_workflow
 
@@ -427,13 +427,6 @@ def stable(record: dict) -> dict:
 
 
 pytestmark = pytest.mark.usefixtures("torch_globals_restored")
-
-
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "mnist.pt"
-    datasets.write_compact(datasets.make_synthetic("mnist", 256, 128), path, {"dataset": "mnist"})
-    return path
 
 
 def test_training_with_its_checkpoint_on_a_full_disk_fails_clearly_and_resumes(small_disk, data_file, tmp_path,

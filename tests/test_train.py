@@ -88,13 +88,6 @@ pytestmark = pytest.mark.usefixtures("torch_globals_restored")
 
 
 @pytest.fixture(scope="module")
-def data_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "mnist.pt"
-    datasets.write_compact(datasets.make_synthetic("mnist", 256, 128), path, {"dataset": "mnist"})
-    return path
-
-
-@pytest.fixture(scope="module")
 def reference(tmp_path_factory, data_file) -> tuple[dict, Path]:
     """One uninterrupted cnn run (conv + dropout), shared by several tests."""
     folder = tmp_path_factory.mktemp("reference")

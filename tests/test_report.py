@@ -52,19 +52,15 @@ def test_report_renders_tables_with_dashes_for_missing_cells(raw_config, tmp_pat
     assert latex.strip().endswith("\\end{document}")
 
 
-def test_a_paper_table_missing_from_the_inputs_is_an_error_naming_it(raw_config, tmp_path):
+@pytest.mark.parametrize("inputs, name, words", [
+    ("tables", "seed003_table1_f1_test.csv", "seed003_table1_f1_test.csv"),
+    ("plots", "kmnist", "class_plots covers datasets cifar10, cifar100, mnist; expected .*kmnist"),
+])
+def test_a_missing_input_is_an_error_naming_it(raw_config, tmp_path, inputs, name, words):
     config = cfg.validate(raw_config)
     tables, runs, models, plots = report_inputs(config, tmp_path)
-    del tables["seed003_table1_f1_test.csv"]
-    with pytest.raises(ValueError, match="seed003_table1_f1_test.csv"):
-        report.render(config, tables, runs, models, plots, tmp_path / "index.html", tmp_path / "tables.tex")
-
-
-def test_a_missing_class_plot_is_an_error_naming_the_datasets(raw_config, tmp_path):
-    config = cfg.validate(raw_config)
-    tables, runs, models, plots = report_inputs(config, tmp_path)
-    del plots["kmnist"]
-    with pytest.raises(ValueError, match="class_plots covers datasets cifar10, cifar100, mnist; expected .*kmnist"):
+    del {"tables": tables, "plots": plots}[inputs][name]
+    with pytest.raises(ValueError, match=words):
         report.render(config, tables, runs, models, plots, tmp_path / "index.html", tmp_path / "tables.tex")
 
 

@@ -32,14 +32,42 @@ def test_memory_grows_with_what_the_job_holds(settings):
 
 
 def test_activations_count_in_host_memory_only_when_training_on_the_cpu(settings):
+    from cnnrepro import plan
+
     config, by_run = settings
     seed000 = by_run["seed000_resnet_mnist/mnist/resnet50/head/base/seed0"]
     data = cfg.data_settings(config, "mnist")
     on_gpu = resources.train_mem_mb({**seed000, "device": "auto"}, data)
     on_cpu = resources.train_mem_mb({**seed000, "device": "cpu"}, data)
-    assert on_cpu > on_gpu + 10_000  # batch 512 at 224 px
+    activations = plan.activation_bytes(seed000)
+    assert on_cpu - on_gpu == pytest.approx(resources.SAFETY * activations / 2**20, abs=1)
+    assert on_cpu > on_gpu + 3_000  # batch 512 at 224 px: two 3 MB feature maps per image alive at once
+    # A frozen backbone keeps nothing for the backward pass; training all of it keeps every op output.
+    everything = {**seed000, "trainable": "all", "freeze": "none"}
+    assert plan.activation_bytes(everything) > 5 * activations
     assert resources.bench_mem_mb(seed000, data, {**config["benchmark"], "batch_sizes": [1, 128]}) > \
         resources.bench_mem_mb(seed000, data, {**config["benchmark"], "batch_sizes": [1]})
+
+
+def test_runtime_requests_follow_the_plan_with_a_margin(settings):
+    from cnnrepro import plan
+
+    config, by_run = settings
+    savings = plan.configured_savings(config)
+    plans = {p.run_id: p for p in plan.plan_runs(config, savings, by_run)}
+    vgg = "seed002_squeezenet_dsc/cifar10/vgg19/none/base/seed0"
+    squeeze = "seed002_squeezenet_dsc/cifar10/squeezenet/none/base/seed0"
+    minutes = {run: resources.train_runtime_min(plans[run], by_run[run], 4) for run in (vgg, squeeze)}
+    t4 = plan.gpu_rate("t4")
+    assert minutes[vgg] == pytest.approx(resources.RUNTIME_SAFETY * plans[vgg].seconds(t4) / 60, abs=1)
+    assert minutes[vgg] > 3 * minutes[squeeze] > 3 * resources.MIN_RUNTIME_MIN
+    # A CPU job is estimated at the reference CPU rate with its own threads: more threads, less time.
+    on_cpu = {**by_run[squeeze], "device": "cpu"}
+    assert resources.train_runtime_min(plans[squeeze], on_cpu, 1) > resources.train_runtime_min(plans[squeeze],
+                                                                                                on_cpu, 8)
+    bench = config["benchmark"]
+    assert resources.bench_runtime_min(by_run[vgg], {**bench, "paper_runs": 10**7}, "cpu") > \
+        resources.bench_runtime_min(by_run[vgg], bench, "cpu") >= resources.MIN_RUNTIME_MIN
 
 
 @pytest.mark.slow

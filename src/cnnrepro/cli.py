@@ -46,6 +46,58 @@ def _print(rows: list[dict], fmt: str | None) -> None:
                         for k in r))
 
 
+def _duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    if seconds >= 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds:.0f} s"
+
+
+EPOCH_BASIS = {"fixed": "", "authors": " (authors)", "cap": " (cap)"}
+
+
+def plan_tables(config: dict, device: str, eval_every: int, rate=None) -> tuple[list[str], list[dict], list[dict]]:
+    """(header lines, one row per run, one row per study and a total) of `cnnrepro plan`: the runs as the config
+    trains them, and each study without any saving and with every saving that applies."""
+    from cnnrepro import plan
+
+    rate = rate or plan.rate_for(device, config)
+    by_run = cfg.settings_by_run(config)
+    scenarios = {"none": plan.NO_SAVINGS, "config": plan.configured_savings(config),
+                 "all": plan.all_savings(eval_every)}
+    plans = {name: plan.plan_runs(config, savings, by_run) for name, savings in scenarios.items()}
+    header = [f"device: {rate.basis}",
+              "time = max(FLOPs / sustained rate, steps x ops x per-op cost) per pass, plus "
+              f"{plan.JOB_STARTUP_SECONDS:.0f} s start-up per job; backward = 2 x the forward FLOPs of the trained "
+              "part; epochs: (authors) = their observed stop, (cap) = max_epochs, an upper bound",
+              *(f"savings '{name}': {savings.label()}" for name, savings in scenarios.items())]
+    runs = []
+    for p in plans["config"]:
+        runs.append({"run": p.run_id, "epochs": f"{p.epochs}{EPOCH_BASIS[p.epochs_basis]}",
+                     "trained": p.trained_epochs, "cache": p.cache, "evals": p.evaluations,
+                     "train_images": next(q.images for q in p.passes if q.what == "train") // max(p.trained_epochs, 1),
+                     "TFLOP": round(p.flops / 1e12, 1), "time": _duration(p.seconds(rate)),
+                     "seconds": round(p.seconds(rate)), "device_GiB": round(p.device_bytes / 2**30, 2),
+                     "mem_mb": p.host_mem_mb})
+    studies = []
+    for name in dict.fromkeys(p.study for p in plans["config"]):
+        row = {"study": name, "runs": sum(1 for p in plans["config"] if p.study == name)}
+        for scenario, scenario_plans in plans.items():
+            mine = [p for p in scenario_plans if p.study == name]
+            row[f"PFLOP_{scenario}"] = round(sum(p.flops for p in mine) / 1e15, 2)
+            row[f"time_{scenario}"] = _duration(sum(p.seconds(rate) for p in mine))
+        studies.append(row)
+    total = {"study": "total", "runs": len(plans["config"])}
+    for scenario, scenario_plans in plans.items():
+        total[f"PFLOP_{scenario}"] = round(sum(p.flops for p in scenario_plans) / 1e15, 2)
+        total[f"time_{scenario}"] = _duration(sum(p.seconds(rate) for p in scenario_plans))
+    over = [p.run_id for p in plans["config"] if rate.memory_gib and p.device_bytes > rate.memory_gib * 2**30]
+    if over:
+        header.append(f"over the device's {rate.memory_gib:g} GiB: {', '.join(over)}")
+    return header, runs, [*studies, total]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cnnrepro", description=__doc__)
     parser.add_argument("--config", default="config.yaml", help="base config (default: config.yaml)")
@@ -56,6 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     p_runs = sub.add_parser("runs", help="every training run the configuration defines")
     p_runs.add_argument("--format", choices=["csv"])
     sub.add_parser("check", help="validate the configuration and say what it defines")
+    p_plan = sub.add_parser("plan", help="FLOPs, estimated time and memory per run and per study on a device")
+    p_plan.add_argument("--device", choices=["h100", "a100", "t4", "cpu"], default="h100",
+                        help="GPU datasheet peaks x a calibrated efficiency, or cpu: measured here in a few seconds")
+    p_plan.add_argument("--eval-every", type=int, default=10,
+                        help="eval_every of the 'all savings' column (default 10)")
+    p_plan.add_argument("--format", choices=["csv"], help="machine-readable: one row per run")
     args = parser.parse_args(argv)
     try:
         config = _load(args)
@@ -66,6 +124,15 @@ def main(argv: list[str] | None = None) -> int:
         _print(model_rows(config), args.format)
     elif args.command == "runs":
         _print([{"run": r.id} | r.wildcards for r in cfg.expand_runs(config)], args.format)
+    elif args.command == "plan":
+        header, runs, studies = plan_tables(config, args.device, args.eval_every)
+        if args.format == "csv":
+            _print(runs, "csv")
+        else:
+            print("\n".join(header), end="\n\n")
+            _print(runs, None)
+            print()
+            _print(studies, None)
     elif args.command == "check":
         runs = cfg.expand_runs(config)
         print(f"config OK: {len(config['studies'])} studies, {len(runs)} training runs")

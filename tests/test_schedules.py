@@ -382,6 +382,44 @@ def run_state(factory, losses, key, accs):
     return s.state_dict()
 
 
+# --------------------------------------------------------------------------- continuing past the cap (chaining)
+
+# (schedule with an epoch cap, key, losses): none stops by its own rule within the losses given.
+CHAIN_CASES = [
+    (lambda cap: ConstantSchedule(0.1, cap), "train_loss", [1.0] * 12),
+    (lambda cap: seed002(0.01, max_epochs=cap, patience=3), "train_loss", [1.0] * 12),  # drops at 4 and 7
+    (lambda cap: keras(max_epochs=cap, reduce_patience=2, stop_patience=100), "eval_loss",
+     [1.0, 0.9, 0.9, 0.9, 0.8, 0.8, 0.8, 0.8, 0.8, 0.7, 0.7, 0.7]),
+]
+
+
+@pytest.mark.parametrize("factory,key,losses", CHAIN_CASES)
+@pytest.mark.parametrize("short", [1, 4, 7])
+def test_a_longer_run_continues_a_shorter_one_exactly(factory, key, losses, short):
+    accs = [float((7 * i) % 11) for i in range(len(losses))]
+    full = run(factory(len(losses)), losses, key=key, accs=accs)
+    assert full[-1].stop and full[-1].reason == "max_epochs" and len(full) == len(losses)
+    first = factory(short)
+    head = run(first, losses[:short], key=key, accs=accs[:short])
+    assert head[-1].stop and head[-1].reason == "max_epochs"
+    longer = factory(len(losses))
+    longer.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    longer.continue_past_cap()
+    rest = run(longer, losses[short:], key=key, accs=accs[short:], start=short + 1)
+    # Every decision before the shorter cap, and every one after it, as in the uninterrupted longer run; the
+    # shorter run's last decision differs only in its stop.
+    assert [d.lr for d in head] == [d.lr for d in full[:short]] and head[:-1] == full[:short - 1]
+    assert rest == full[short:] and longer.state_dict() == run_state(lambda: factory(len(losses)), losses, key, accs)
+    assert type(first).continuable
+
+
+def test_which_schedules_read_the_evaluation_of_every_epoch():
+    assert not ConstantSchedule(0.1, 3).reads_eval_metrics
+    assert not seed002(0.01).reads_eval_metrics  # the training loss
+    assert seed002(0.01, monitor="eval_loss").reads_eval_metrics
+    assert keras().reads_eval_metrics and not keras(monitor="train_loss").reads_eval_metrics
+
+
 def test_state_is_strict_json_with_nonfinite_values():
     s = seed002(0.01)
     s.end_epoch(1, {"train_loss": float("inf")})

@@ -37,6 +37,9 @@ BASE_RECIPE = {"optimizer": "adam", "lr": 1e-3, "batch_size": 32, "loss": "ce", 
                "epochs": 4}
 # What a frozen ImageNet model sees in these tests: RGB at 32 px (48 px gives SqueezeNet 2x2 feature maps).
 RGB_INPUT = {"size": 32, "rgb": True, "normalization": "imagenet"}
+FREEZE_LEVELS = {"none": "all", "head": ["head"], "stem": ["conv1", "head"], "late": ["layer4", "head"],
+                 # seed 004's level 2 for squeezenet1_1: fire8, fire9 and the head
+                 "last_two_fire_and_head": ["features.11", "features.12", "head"]}
 # Fields that measure the machine, not the run.
 VOLATILE = ("train_seconds", "peak_memory_bytes", "resumed")
 
@@ -51,8 +54,7 @@ def make_settings(model: str = "cnn", recipe: dict | None = None, freeze: str = 
              "input": input_cfg or {"normalization": "mnist"}, "augment": augment, "eval_split": "test",
              "recipe": recipe}
     config = cfgmod.validate({"studies": {"unit": study}, "normalization": NORMALIZATION,
-                              "freeze_levels": {"none": "all", "head": ["head"]}, "device": "cpu",
-                              "speed": speed or {}})
+                              "freeze_levels": FREEZE_LEVELS, "device": "cpu", "speed": speed or {}})
     return cfgmod.run_settings(config, cfgmod.Run("unit", "mnist", model, freeze, "base", 0))
 
 
@@ -335,16 +337,24 @@ def test_feature_cache_trains_the_same_head(model, size, recipe, data_file, tmp_
     assert abs(cached["test"]["top1"] - plain["test"]["top1"]) <= 1 / 128
 
 
-def test_feature_split_reproduces_each_model():
+def test_registered_stages_reproduce_each_model():
     split_models = [name for name in models.model_names() if models.get_spec(name).feature_split]
     assert split_models == ["resnet18", "resnet34", "resnet50", "squeezenet1_1"]
     for name in split_models:
-        features, make_head = models.get_spec(name).feature_split.features, models.get_spec(name).feature_split.head
         torch.manual_seed(0)
         model = models.build_model(name, 10, 3, 64).eval()
+        stages = models.get_spec(name).feature_split.stages(model)
+        module_names = dict(model.named_modules())
+        for stage_name, module in stages:  # each stage is the model's own module, or a parameter-free step
+            assert module_names.get(stage_name) is module or not any(True for _ in module.parameters()), stage_name
+        # Every parameter belongs to exactly one stage.
+        assert sorted(id(p) for _, m in stages for p in m.parameters()) == sorted(id(p) for p in model.parameters())
         x = torch.randn(2, 3, 64, 64)
         with torch.no_grad():
-            torch.testing.assert_close(make_head(model)(features(model, x)), model(x))
+            out = x
+            for _, module in stages:
+                out = module(out)
+            assert torch.equal(out, model(x))
 
 
 def _plan(model: str, recipe: dict | None = None, freeze: str = "head", augment: str = "none"):
@@ -359,14 +369,15 @@ def test_feature_cache_refusal_reasons(monkeypatch):
     assert _plan("squeezenet1_1", {"bn_frozen": "train"}).use  # it has no BatchNorm
     assert "BatchNorm runs in train mode" in _plan("resnet18", {"bn_frozen": "train"}).reason
     assert "augmented (augment: flip)" in _plan("resnet18", augment="flip").reason
-    assert "outside the head" in _plan("resnet18", freeze="none").reason
+    assert "every module trains (trainable: all)" in _plan("resnet18", freeze="none").reason
+    assert "the first stage of resnet18 (conv1) trains" in _plan("resnet18", freeze="stem").reason
     assert _plan("resnet18", {"feature_cache": False}).reason == "recipe.feature_cache is false"
-    assert "registers no backbone/head split" in _plan("cnn").reason
-    # The KMNIST CNN has Dropout(0.25) inside what would be its backbone.
-    split = models.FeatureSplit(lambda m, x: m.classifier[:3](torch.flatten(m.features(x), 1)),
-                                lambda m: m.classifier[3])
+    assert "registers no chain of stages" in _plan("cnn").reason
+    # The KMNIST CNN has Dropout(0.25) inside what would be its frozen prefix.
+    split = models.FeatureSplit(lambda m: [("features", m.features), ("flatten", torch.nn.Flatten(1)),
+                                           *((f"classifier.{i}", c) for i, c in enumerate(m.classifier))])
     monkeypatch.setitem(registry._REGISTRY, "cnn", dataclasses.replace(models.get_spec("cnn"), feature_split=split))
-    assert "dropout inside the backbone" in _plan("cnn").reason
+    assert "dropout inside the frozen prefix (features)" in _plan("cnn").reason
 
 
 def test_feature_cache_decision_is_logged(data_file, tmp_path, caplog, monkeypatch):
@@ -378,7 +389,8 @@ def test_feature_cache_decision_is_logged(data_file, tmp_path, caplog, monkeypat
     monkeypatch.setattr(feature_cache, "MAX_BYTES", 1000)
     record = run(make_settings("resnet18", {**recipe, "bn_frozen": "eval"}, "head", RGB_INPUT), data_file,
                  tmp_path / "budget")
-    assert "feature cache: off — cached features would take" in caplog.text
+    assert "feature cache: off — the output of the frozen prefix conv1 … flatten (14 stages) would take" \
+        in caplog.text
     assert record["speed"]["feature_cache"] is False
 
 
@@ -426,6 +438,81 @@ def test_keras_plateau_early_stops_and_epoch_cap_holds(data_file, tmp_path):
     capped = make_settings("fcnn", {"schedule": "plateau_drop", "max_epochs": 3, "threshold": -100.0})
     record = run(capped, data_file, tmp_path / "cap")
     assert record["stop_reason"] == "max_epochs" and record["epochs_run"] == 3
+
+
+# --------------------------------------------------------------------------- evaluation only where it is needed
+
+
+def _count_evaluations(monkeypatch) -> list[int]:
+    """The size of every split train.evaluate is asked to evaluate."""
+    sizes, real = [], train.evaluate
+
+    def counting(model, split, *args, **kwargs):
+        sizes.append(len(split))
+        return real(model, split, *args, **kwargs)
+
+    monkeypatch.setattr(train, "evaluate", counting)
+    return sizes
+
+
+def test_eval_every_skips_epochs_without_changing_the_training(data_file, tmp_path, monkeypatch, caplog):
+    # fcnn has dropout: an evaluation drawing random numbers would change the training after it.
+    every = run(make_settings("fcnn", {"epochs": 5}), data_file, tmp_path / "every")
+    sizes = _count_evaluations(monkeypatch)
+    caplog.set_level(logging.INFO, logger="cnnrepro.train")
+    sparse = run(make_settings("fcnn", {"epochs": 5, "eval_every": 2}), data_file, tmp_path / "sparse")
+    assert "evaluating every 2 epochs and after the last" in caplog.text and "(not evaluated)" in caplog.text
+    assert len(sizes) == 3  # epochs 2, 4 and 5; the record reuses epoch 5's (eval is the test split here)
+    assert_same_weights(weights(tmp_path / "every"), weights(tmp_path / "sparse"))
+    assert {k: v for k, v in stable(sparse).items() if k not in ("settings", "eval_every")} == \
+        {k: v for k, v in stable(every).items() if k not in ("settings", "eval_every")}
+    assert sparse["eval_every"] == 2 and every["eval_every"] == 1
+    rows, full = history_rows(tmp_path / "sparse"), history_rows(tmp_path / "every")
+    for i, (row, reference) in enumerate(zip(rows, full), 1):
+        if i in (2, 4, 5):
+            assert row == reference
+        else:  # missing, not invented: an empty cell (NaN to pandas)
+            assert row["eval_loss"] == row["eval_acc"] == "" and row["train_loss"] == reference["train_loss"]
+
+
+@pytest.mark.parametrize("eval_split, evaluations", [("test", 3), ("val", 4)])
+def test_the_record_reuses_the_last_epochs_evaluation(eval_split, evaluations, data_file, tmp_path, monkeypatch):
+    settings = make_settings("fcnn", {"epochs": 3})
+    settings["eval_split"] = eval_split
+    sizes = _count_evaluations(monkeypatch)
+    record = run(settings, data_file, tmp_path)
+    # One evaluation per epoch; then only the test split when it is not the eval split (never the same twice).
+    assert len(sizes) == evaluations
+    if eval_split == "test":
+        assert record["eval"]["acc"] == record["test"]["top1"] and record["eval"]["loss"] == record["test"]["loss"]
+    assert float(history_rows(tmp_path)[-1]["eval_acc"]) == record["eval"]["acc"]
+
+
+@pytest.mark.parametrize("recipe, why", [
+    ({"schedule": "keras_plateau", "max_epochs": 3, "monitor": "eval_loss"}, "schedule keras_plateau monitors eval_loss"),
+    ({"select": "best", "epochs": 3}, "select: best compares every epoch"),
+])
+def test_a_schedule_or_selection_reading_every_evaluation_forces_eval_every_1(recipe, why, data_file, tmp_path,
+                                                                               caplog):
+    caplog.set_level(logging.INFO, logger="cnnrepro.train")
+    record = run(make_settings("fcnn", {**recipe, "eval_every": 3}), data_file, tmp_path)
+    assert f"evaluating every epoch, not every 3 (recipe.eval_every): {why}" in caplog.text
+    assert record["eval_every"] == 1 and all(row["eval_acc"] for row in history_rows(tmp_path))
+
+
+def test_eval_every_defaults_to_every_epoch_and_must_be_positive():
+    assert cfgmod.check_recipe({"lr": 0.1, "batch_size": 1, "epochs": 1}, "r")["eval_every"] == 1  # faithful
+    with pytest.raises(cfgmod.ConfigError, match=r"'r.eval_every'.*0 is less than the minimum of 1"):
+        cfgmod.check_recipe({"lr": 0.1, "batch_size": 1, "epochs": 1, "eval_every": 0}, "r")
+
+
+def test_a_run_stopping_between_evaluations_evaluates_its_last_epoch(data_file, tmp_path):
+    # plateau_drop on the training loss stops after its 2nd drop (epoch 3), between evaluations (every 4th).
+    recipe = {"schedule": "plateau_drop", "max_epochs": 8, "threshold": 100.0, "patience": 1, "factor": 0.5,
+              "max_drops": 2, "eval_every": 4}
+    record = run(make_settings("fcnn", recipe), data_file, tmp_path)
+    assert record["stop_reason"] == "max_drops" and record["epochs_run"] == 3 and record["eval_every"] == 4
+    assert [bool(row["eval_acc"]) for row in history_rows(tmp_path)] == [False, False, True]
 
 
 # --------------------------------------------------------------------------- speed switches, progress, schema

@@ -3,13 +3,20 @@
 A checkpoint holds only the state training can change (trainable parameters, buffers, optimizer,
 schedule, RNG, history) plus digests that tie it to its settings, data and frozen weights; one that
 does not match is ignored with a logged reason, so a rerun starts over instead of mixing runs.
+
+A finished run's last checkpoint can become its *final state* (``final_state.pt``, a workflow output), which a
+longer run of the same settings continues from (epoch grid chaining, cnnrepro.chaining); a run that no other
+continues leaves a small placeholder there instead.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -22,7 +29,8 @@ log = logging.getLogger("cnnrepro.checkpoint")
 # 2: checkpoints hold only the state training can change, plus a digest of the frozen rest.
 # 3: they also hold the training seconds so far, so a resumed run reports its whole time; tensors are saved
 #    from the CPU, and only a CUDA run's own device RNG.
-VERSION = 3
+# 4: history rows may have no evaluation (recipe.eval_every: None); they record the run this one continued from.
+VERSION = 4
 
 
 def settings_hash(settings: dict) -> str:
@@ -88,19 +96,55 @@ def load(path: Path, fingerprint: str, frozen: str) -> dict | None:
     """
     if not path.exists():
         return None
+    ckpt, why_not = _read(path, fingerprint, frozen)
+    if ckpt is None:
+        log.warning("ignoring checkpoint %s: %s", path, why_not)
+    return ckpt
+
+
+def _read(path: Path, fingerprint: str, frozen: str) -> tuple[dict | None, str]:
+    """(the state at ``path``, "") when it belongs to this fingerprint and these frozen weights, else (None, why)."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # a damaged file must not cost the run: start over instead
-        log.warning("ignoring checkpoint %s: it cannot be read (%s: %s)", path, type(exc).__name__, exc)
-        return None
+        return None, f"it cannot be read ({type(exc).__name__}: {exc})"
+    if isinstance(ckpt, dict) and ckpt.get("kept") is False:
+        return None, f"no state was kept there ({ckpt.get('reason')})"
     if not isinstance(ckpt, dict) or ckpt.get("fingerprint") != fingerprint or ckpt.get("version") != VERSION:
-        log.warning("ignoring checkpoint %s: it was written for other settings, data or engine version", path)
-        return None
+        return None, "it was written for other settings, data or engine version"
     if ckpt.get("frozen_digest") != frozen:
-        log.warning("ignoring checkpoint %s: its frozen weights differ from this model's (changed weights file?)",
-                    path)
-        return None
-    return ckpt
+        return None, "its frozen weights differ from this model's (changed weights file?)"
+    return ckpt, ""
+
+
+def load_final(path: Path, fingerprint: str, frozen: str) -> tuple[dict | None, str]:
+    """A finished run's final state if it was written for ``fingerprint`` (that run's) and these frozen weights,
+    else None and the reason."""
+    if not Path(path).exists():
+        return None, f"its final state {path} does not exist"
+    ckpt, why_not = _read(Path(path), fingerprint, frozen)
+    return ckpt, (f"its final state {path}: {why_not}" if ckpt is None else "")
+
+
+def promote_to_final(ckpt_path: Path, final_path: Path) -> None:
+    """Make a finished run's last checkpoint its final state: a rename when both are on one file system (the
+    usual case: both live under the results folder), else a copy to a temporary name beside the target first,
+    so ``final_path`` is never partly written."""
+    final_path = Path(final_path)
+    final_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(ckpt_path, final_path)
+    except OSError as error:
+        if error.errno != errno.EXDEV:
+            raise
+        with io.atomic_path(final_path) as tmp:
+            shutil.copyfile(ckpt_path, tmp)
+        Path(ckpt_path).unlink(missing_ok=True)
+
+
+def save_final_placeholder(final_path: Path, reason: str) -> None:
+    """What ``final_state.pt`` holds when no state is kept: a few bytes saying why."""
+    io.torch_save({"version": VERSION, "kept": False, "reason": reason}, final_path)
 
 
 def save(path: Path, **state) -> None:

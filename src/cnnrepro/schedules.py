@@ -29,7 +29,12 @@ General
     resume: ``state["epoch"] + 1``); anything else raises ``ValueError``.
     Calling it after a stop decision raises ``RuntimeError``.
   * A missing monitored key in ``logs`` raises ``KeyError`` (Keras would warn
-    and skip the epoch; in this project a missing metric is a bug).
+    and skip the epoch; in this project a missing metric is a bug).  A schedule
+    whose ``reads_eval_metrics`` is true is therefore fed an evaluation every
+    epoch; the others may get epochs without ``eval_*`` keys (``recipe.eval_every``).
+  * ``continuable`` schedules use their total only as a cap, so a longer run
+    can continue a finished shorter one (``continue_past_cap`` after
+    ``load_state_dict``): epoch grid chaining.
   * Comparisons are the literal ones of the originals, so a NaN value is never
     an "improvement" (Keras) and is never "stalled" in seed 002 (``nan < 0.01``
     is False there, which resets the stall counter, as the original code would).
@@ -152,6 +157,11 @@ class Schedule:
     """Base class: template method ``end_epoch`` -> subclass ``_decide``."""
 
     name: str = "base"
+    # True when a run of N epochs is exactly the first N epochs of a run of M > N epochs with the same settings:
+    # the total only caps the run and nothing before the cap depends on it (no warm-up or decay to a total).
+    # Epoch grids of such a schedule can be chained (cnnrepro.chaining); a schedule annealing to its total
+    # (cosine, one-cycle) must leave it False.
+    continuable: bool = False
 
     def __init__(self, lr: float):
         self.initial_lr = _check_pos_float("lr", lr)
@@ -183,6 +193,19 @@ class Schedule:
 
     def _decide(self, epoch: int, logs: dict) -> EpochDecision:  # pragma: no cover
         raise NotImplementedError
+
+    @property
+    def reads_eval_metrics(self) -> bool:
+        """Whether the decisions read an evaluation metric, so that every epoch must be evaluated."""
+        return False
+
+    def continue_past_cap(self) -> None:
+        """Undo a stop at the epoch cap, as a longer run of the same settings never stopped there (epoch grid
+        chaining: continue a finished N-epoch run into an M-epoch one). Only for a stop reason "max_epochs"."""
+        if not self.continuable:
+            raise ValueError(f"schedule {self.name!r} depends on its total epochs; a longer run cannot continue a "
+                             "shorter one")
+        self.stopped = False
 
     # -- best = highest eval_acc (Constant, PlateauDrop) ------------------------
     def _best_by_max_acc(self, logs: dict) -> bool:
@@ -246,6 +269,7 @@ class ConstantSchedule(Schedule):
     """Fixed lr for exactly ``epochs`` epochs (seeds 000, 001, 004)."""
 
     name = "constant"
+    continuable = True
 
     def __init__(self, lr: float, epochs: int):
         super().__init__(lr)
@@ -272,6 +296,7 @@ class PlateauDropSchedule(Schedule):
     """Seed 002: drop lr after ``patience`` consecutive stalled epochs."""
 
     name = "plateau_drop"
+    continuable = True  # max_epochs only caps the run
 
     def __init__(
         self,
@@ -299,6 +324,10 @@ class PlateauDropSchedule(Schedule):
     def length(self) -> int:
         """The most epochs the run can take."""
         return self.max_epochs
+
+    @property
+    def reads_eval_metrics(self) -> bool:
+        return self.monitor.startswith("eval_")
 
     def _settings(self) -> dict:
         return {
@@ -346,6 +375,7 @@ class KerasPlateauSchedule(Schedule):
     """Seed 003: Keras 3 EarlyStopping + ReduceLROnPlateau, mode 'min'."""
 
     name = "keras_plateau"
+    continuable = True  # max_epochs only caps the run
 
     def __init__(
         self,
@@ -386,6 +416,10 @@ class KerasPlateauSchedule(Schedule):
     def length(self) -> int:
         """The most epochs the run can take."""
         return self.max_epochs
+
+    @property
+    def reads_eval_metrics(self) -> bool:
+        return self.monitor.startswith("eval_")
 
     def _settings(self) -> dict:
         return {

@@ -1,10 +1,16 @@
 """The training engine: one run from a compact dataset file to weights, history and metrics.
 
 ``train_run`` reads top to bottom: set up (seed, data, model, optimizer, schedule) → resume from the
-checkpoint → the epoch loop → the record. The whole split lives on the training device as one uint8
-tensor (cnnrepro.splits); a checkpoint is written atomically after every epoch (cnnrepro.checkpoint),
-so a killed job rerun continues where it stopped; when only the head trains over a fixed backbone the
-loop runs on cached features (cnnrepro.feature_cache).
+checkpoint (or continue a shorter run of the same settings: cnnrepro.chaining) → the epoch loop → the record.
+The whole split lives on the training device as one uint8 tensor (cnnrepro.splits); a checkpoint is written
+atomically after every epoch (cnnrepro.checkpoint), so a killed job rerun continues where it stopped; when
+the trainable modules follow a fixed frozen prefix the loop runs on that prefix's cached output
+(cnnrepro.feature_cache).
+
+Only what the result needs is computed: an epoch is evaluated when ``recipe.eval_every`` says so (every
+epoch by default, as the papers' Keras/PyTorch loops did; always when the schedule or ``select: best`` reads
+the metric), and an evaluation of a split with the same weights is never repeated (the record reuses the
+last epoch's).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cnnrepro import checkpoint, feature_cache, io, metrics, models, schedules
+from cnnrepro import chaining, checkpoint, feature_cache, io, metrics, models, schedules
 from cnnrepro.device import device_name, pick_device
 from cnnrepro.progress import ProgressBar, format_eta
 from cnnrepro.recipe import (autocast, build_run_model, deviations, effective_speed, make_loss, make_optimizer,
@@ -41,10 +47,25 @@ class RunOutputs:
     history: Path
     metrics: Path
     checkpoint: Path  # not a Snakemake output: Snakemake would delete it when a job fails
+    # The state after the last epoch, for a longer run that continues this one (epoch grid chaining); a small
+    # placeholder saying why when no run does. None: not written (the package used outside the workflow).
+    final_state: Path | None = None
 
     def __post_init__(self):
-        for name in ("weights", "history", "metrics", "checkpoint"):
-            setattr(self, name, Path(getattr(self, name)))
+        for name in ("weights", "history", "metrics", "checkpoint", "final_state"):
+            if getattr(self, name) is not None:
+                setattr(self, name, Path(getattr(self, name)))
+
+
+@dataclass
+class ChainStart:
+    """A shorter run of the same settings whose final state this run continues from (cnnrepro.chaining)."""
+
+    state: Path  # that run's final_state.pt
+    settings: dict  # that run's settings: its fingerprint must match the state's
+
+    def __post_init__(self):
+        self.state = Path(self.state)
 
 
 @dataclass
@@ -74,6 +95,13 @@ class Run:
     epoch: int = 0
     stage: feature_cache.Stage | None = None
     net: nn.Module | None = None
+    eval_every: int = 1  # in effect: recipe.eval_every unless the schedule or select: best reads every epoch
+    resumed: bool = False  # from this run's own checkpoint (a killed job rerun)
+    continued_from: dict | None = None  # {"run_id", "epochs"} of the shorter run this one continued
+    keep_final_state: bool = False
+    # Evaluations of the current weights by split (the same object for eval and test when eval_split is test);
+    # cleared whenever the weights change.
+    evaluations: dict = field(default_factory=dict)
 
     @property
     def recipe(self) -> dict:
@@ -96,6 +124,13 @@ class Run:
         return bool(self.history) and self.history[-1]["stop"]
 
 
+def fingerprint(settings: dict, data_sha: str | None, device: torch.device) -> str:
+    """What a checkpoint or final state must have been written for. The data's sha256 and the device type are in
+    it too: a rebuilt dataset must not continue an old run, nor a GPU run a CPU checkpoint (its RNG state does
+    not fit); the speed switches are in the settings."""
+    return checkpoint.settings_hash({"settings": settings, "data_sha256": data_sha, "device": device.type})
+
+
 def data_sha256(data_path: str | Path) -> str | None:
     sidecar = Path(f"{data_path}.json")
     return io.read_json(sidecar).get("sha256") if sidecar.exists() else None
@@ -115,10 +150,16 @@ def peak_memory_bytes(device: torch.device) -> dict:
 
 
 def train_run(settings: dict, data_path: str | Path, outputs: RunOutputs, weights_dir: str | Path | None = None,
-              threads: int | None = None) -> dict:
-    """Train one run as ``settings`` (cnnrepro.config.run_settings) describe it; write all outputs."""
+              threads: int | None = None, chain: ChainStart | None = None, keep_final_state: bool = False) -> dict:
+    """Train one run as ``settings`` (cnnrepro.config.run_settings) describe it; write all outputs.
+
+    ``chain``: continue from a shorter run's final state (when no checkpoint of this run exists);
+    ``keep_final_state``: leave this run's final state in ``outputs.final_state`` for a longer run.
+    """
     run = set_up(settings, data_path, outputs, weights_dir, threads)
-    resume(run)
+    run.keep_final_state = keep_final_state
+    if not resume(run) and chain is not None:
+        continue_chain(run, chain)
     # After the checkpoint is loaded, so the features come from the restored backbone.
     run.stage = feature_cache.build_stage(settings, run.model, run.splits, run.speed, run.device, run.eval_batch)
     log.info("feature cache: %s — %s", "on" if run.stage.cached else "off", run.stage.reason)
@@ -166,34 +207,91 @@ def set_up(settings: dict, data_path: str | Path, outputs: RunOutputs, weights_d
     sha = data_sha256(data_path)
     run = Run(settings, outputs, device, generator, splits, model, trainable, make_optimizer(trainable, recipe),
               schedules.make_schedule(recipe), make_loss(recipe["loss"], settings["num_classes"]), speed, numerics,
-              # The data's sha256 and the device type too: a rebuilt dataset must not continue an old run, nor
-              # a GPU run a CPU checkpoint (its RNG state does not fit); the speed switches are in the settings.
-              checkpoint.settings_hash({"settings": settings, "data_sha256": sha, "device": device.type}),
+              fingerprint(settings, sha, device),
               checkpoint.frozen_digest(model),
               sha, started)
+    run.eval_every = effective_eval_every(recipe, run.schedule)
     log.info("run %s on %s (%s): %d train / %d eval / %d test images, %d of %d parameters trainable",
              settings["run_id"], device, device_name(device), len(splits["train"]), len(splits["eval"]),
              len(splits["test"]), sum(p.numel() for p in trainable), sum(p.numel() for p in model.parameters()))
     return run
 
 
-def resume(run: Run) -> None:
-    """Continue from the run's checkpoint when it was written for exactly this run."""
-    ckpt = checkpoint.load(run.outputs.checkpoint, run.fingerprint, run.frozen)
-    if ckpt is None:
-        return
+def effective_eval_every(recipe: dict, schedule: schedules.Schedule) -> int:
+    """recipe.eval_every, unless something reads the evaluation of every epoch: then 1, and the log says why."""
+    every = recipe["eval_every"]
+    if every == 1:
+        return 1
+    needs = ([f"schedule {recipe['schedule']} monitors {schedule.monitor}"] if schedule.reads_eval_metrics else []) \
+        + (["select: best compares every epoch"] if recipe["select"] == "best" else [])
+    if needs:
+        log.info("evaluating every epoch, not every %d (recipe.eval_every): %s", every, " and ".join(needs))
+        return 1
+    log.info("evaluating every %d epochs and after the last (recipe.eval_every); history.csv leaves the eval "
+             "columns of the other epochs empty", every)
+    return every
+
+
+def restore(run: Run, ckpt: dict) -> None:
+    """Put a run's saved state (a checkpoint or a final state) back into ``run``."""
     checkpoint.load_state(run.model, ckpt["model"])
     run.optimizer.load_state_dict(ckpt["optimizer"])
     run.schedule.load_state_dict(ckpt["schedule"])
     checkpoint.set_rng_state(ckpt["rng"], run.generator, run.device)
     run.history, run.best_state, run.best_epoch = ckpt["history"], ckpt["best_state"], ckpt["best_epoch"]
     run.epoch, run.seconds_before = ckpt["epoch"], ckpt["train_seconds"]
+    run.continued_from = ckpt["continued_from"]
+
+
+def resume(run: Run) -> bool:
+    """Continue from the run's checkpoint when it was written for exactly this run; whether it did."""
+    ckpt = checkpoint.load(run.outputs.checkpoint, run.fingerprint, run.frozen)
+    if ckpt is None:
+        return False
+    restore(run, ckpt)
+    run.resumed = True
     log.info("resuming %s from the checkpoint after epoch %d (%.0f s spent so far)", run.settings["run_id"],
              run.epoch, run.seconds_before)
+    return True
+
+
+def continue_chain(run: Run, chain: ChainStart) -> None:
+    """Start from the final state of a shorter run of the same settings, as if this run had trained those
+    epochs itself: the same weights, optimizer, schedule and RNG streams, so the result equals training from
+    scratch bit for bit. Anything wrong with the state (missing, other settings or data, kept no state) is
+    logged and the run trains from scratch instead."""
+    settings, source = run.settings, chain.settings
+    chaining.check_continues(settings, source)
+    ckpt, why_not = checkpoint.load_final(chain.state, fingerprint(source, run.data_sha256, run.device), run.frozen)
+    if ckpt is None:
+        log.warning("not continuing from %s: %s; training %s from scratch", source["run_id"], why_not,
+                    settings["run_id"])
+        return
+    restore(run, ckpt)
+    run.continued_from = {"run_id": source["run_id"], "epochs": run.epoch}
+    last = run.history[-1]
+    if last["stop_reason"] == "max_epochs":
+        # The shorter run stopped only at its cap: a longer run goes on from here.
+        last["stop"], last["stop_reason"] = False, None
+        run.schedule.continue_past_cap()
+        if not evaluates(run, run.epoch):
+            # The shorter run evaluated its last epoch for its record; this run's own schedule would not have.
+            last["eval_loss"] = last["eval_acc"] = None
+        action = f"continuing to epoch {run.max_epochs}"
+    else:  # it stopped by its own rule (early stopping, ...), as a longer run does at the same epoch
+        action = f"which stopped by its schedule ({last['stop_reason']}), as this run does"
+    log.info("continuing %s from %s after epoch %d (its final state; %.0f s spent so far), %s",
+             settings["run_id"], source["run_id"], run.epoch, run.seconds_before, action)
+
+
+def evaluates(run: Run, epoch: int) -> bool:
+    """Whether ``epoch`` is evaluated: every ``eval_every``-th epoch and the last one (a run that stops earlier by
+    its schedule is evaluated where it stops, too: see run_epoch)."""
+    return epoch % run.eval_every == 0 or epoch >= run.max_epochs
 
 
 def run_epoch(run: Run) -> float:
-    """Train one epoch, evaluate, let the schedule decide, log and checkpoint; return the training loss."""
+    """Train one epoch, evaluate when due, let the schedule decide, log and checkpoint; return the training loss."""
     run.epoch += 1
     epoch, optimizer = run.epoch, run.optimizer
     lr = optimizer.param_groups[0]["lr"]
@@ -202,35 +300,53 @@ def run_epoch(run: Run) -> float:
                                             run.recipe["batch_size"], run.generator, run.recipe["bn_frozen"],
                                             run.stage.channels_last, run.speed["amp_bf16"],
                                             f"epoch {epoch}/{run.max_epochs}", run.recipe["epoch_loss"])
+    run.evaluations.clear()  # new weights
     if not math.isfinite(train_loss):
         return train_loss
-    ev = evaluate_split(run, "eval")
+    # Evaluation draws no random numbers and changes no state, so skipping it leaves the training itself as is.
+    ev = evaluate_split(run, "eval") if evaluates(run, epoch) else None
+    logs = {"train_loss": train_loss, "train_acc": train_acc}
+    if ev is not None:
+        logs.update(eval_loss=ev["loss"], eval_acc=ev["acc"])
+    decision = run.schedule.end_epoch(epoch, logs)
+    if decision.stop and ev is None:  # stopped by its rule between evaluations: the last epoch is always evaluated
+        ev = evaluate_split(run, "eval")
     seconds = time.time() - t0
-    decision = run.schedule.end_epoch(epoch, {"train_loss": train_loss, "train_acc": train_acc,
-                                              "eval_loss": ev["loss"], "eval_acc": ev["acc"]})
-    row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "eval_loss": ev["loss"],
-           "eval_acc": ev["acc"], "lr": lr, "epoch_seconds": seconds}
+    row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
+           "eval_loss": ev["loss"] if ev else None, "eval_acc": ev["acc"] if ev else None, "lr": lr,
+           "epoch_seconds": seconds}
     run.history.append({**row, "stop": decision.stop, "stop_reason": decision.reason})
-    if decision.best:
+    if decision.best and run.recipe["select"] == "best":
         run.best_state, run.best_epoch = checkpoint.mutable_state(run.model, clone=True), epoch
     for group in optimizer.param_groups:
         group["lr"] = decision.lr
     remaining = (run.max_epochs - epoch) * (sum(h["epoch_seconds"] for h in run.history) / len(run.history))
-    log.info("epoch %d/%s loss %.4f acc %.4f eval_loss %.4f eval_acc %.4f lr %.2e %.1fs ETA %s%s",
-             epoch, run.max_epochs, train_loss, train_acc, ev["loss"], ev["acc"], lr, seconds,
+    log.info("epoch %d/%s loss %.4f acc %.4f %s lr %.2e %.1fs ETA %s%s",
+             epoch, run.max_epochs, train_loss, train_acc,
+             f"eval_loss {ev['loss']:.4f} eval_acc {ev['acc']:.4f}" if ev else "(not evaluated)", lr, seconds,
              ("≤" if run.recipe["schedule"] != "constant" else "") + format_eta(remaining),
              f" — stop: {decision.reason}" if decision.stop else "")
-    checkpoint.save(run.outputs.checkpoint, fingerprint=run.fingerprint, frozen_digest=run.frozen, epoch=epoch,
-                    model=checkpoint.to_cpu(checkpoint.mutable_state(run.model)), optimizer=optimizer.state_dict(),
-                    schedule=run.schedule.state_dict(), rng=checkpoint.rng_state(run.generator, run.device),
-                    history=run.history,
-                    best_state=run.best_state, best_epoch=run.best_epoch, train_seconds=run.train_seconds())
+    save_checkpoint(run)
     return train_loss
 
 
-def evaluate_split(run: Run, split_name: str, detailed: bool = False) -> dict:
-    return evaluate(run.net, run.stage.splits[split_name], run.criterion, run.eval_batch, run.settings["num_classes"],
-                    run.stage.channels_last, detailed, run.speed["amp_bf16"])
+def save_checkpoint(run: Run) -> None:
+    checkpoint.save(run.outputs.checkpoint, fingerprint=run.fingerprint, frozen_digest=run.frozen, epoch=run.epoch,
+                    model=checkpoint.to_cpu(checkpoint.mutable_state(run.model)),
+                    optimizer=run.optimizer.state_dict(), schedule=run.schedule.state_dict(),
+                    rng=checkpoint.rng_state(run.generator, run.device), history=run.history,
+                    best_state=run.best_state, best_epoch=run.best_epoch, train_seconds=run.train_seconds(),
+                    continued_from=run.continued_from)
+
+
+def evaluate_split(run: Run, split_name: str) -> dict:
+    """Loss, accuracy and the detailed metrics of the current weights on a split, computed once per weights."""
+    split = run.stage.splits[split_name]
+    if id(split) not in run.evaluations:
+        run.evaluations[id(split)] = evaluate(run.net, split, run.criterion, run.eval_batch,
+                                              run.settings["num_classes"], run.stage.channels_last, True,
+                                              run.speed["amp_bf16"])
+    return run.evaluations[id(split)]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -324,21 +440,28 @@ def _write_history(path: Path, history: list[dict]) -> None:
     with io.atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=HISTORY_FIELDS)
         writer.writeheader()
+        # An epoch that was not evaluated (recipe.eval_every) has None: an empty cell, which pandas reads as NaN.
         writer.writerows({k: h[k] for k in HISTORY_FIELDS} for h in history)
 
 
 def write_record(run: Run) -> dict:
-    """Evaluate the selected weights, write weights, history and metrics, and drop the checkpoint."""
+    """Evaluate the selected weights, write weights, history and metrics, and drop the checkpoint (or leave it
+    as the final state a longer run continues from)."""
     settings, recipe, epoch = run.settings, run.recipe, run.epoch
-    last = evaluate_split(run, "test", True)
+    t0 = time.time()
+    if run.keep_final_state and not run.outputs.checkpoint.exists():
+        save_checkpoint(run)  # a run continued from a finished one trained no epoch of its own
+    # The last epoch's evaluation is reused: with eval_split test, "eval" and "test" are one split.
+    last = evaluate_split(run, "test")
     last_eval = evaluate_split(run, "eval")
     selected_epoch = epoch
-    if recipe["select"] == "best" and run.best_state is not None:
-        # The head module shares its parameters with `model`, so this also updates a cached stage.
+    if recipe["select"] == "best" and run.best_state is not None and run.best_epoch != epoch:
+        # The trained suffix shares its parameters with `model`, so this also updates a cached stage.
         checkpoint.load_state(run.model, run.best_state)
+        run.evaluations.clear()
         selected_epoch = run.best_epoch
-    test = last if selected_epoch == epoch else evaluate_split(run, "test", True)
-    final_eval = last_eval if selected_epoch == epoch else evaluate_split(run, "eval")
+    test = evaluate_split(run, "test")
+    final_eval = evaluate_split(run, "eval")
     io.torch_save(checkpoint.to_cpu(run.model.state_dict()), run.outputs.weights)
     _write_history(run.outputs.history, run.history)
     history = run.history
@@ -358,7 +481,10 @@ def write_record(run: Run) -> dict:
         "train_loss_last": history[-1]["train_loss"],
         "train_acc_last": history[-1]["train_acc"],
         "train_seconds": run.train_seconds(),
-        "resumed": run.seconds_before > 0,
+        "resumed": run.resumed,
+        # With chaining, train_seconds includes the shorter runs' epochs this run continued from.
+        "continued_from": run.continued_from,
+        "eval_every": run.eval_every,
         "params_total": sum(p.numel() for p in run.model.parameters()),
         "params_trainable": sum(p.numel() for p in run.trainable),
         "pretrained_weights": models.get_spec(settings["model"]).pretrained_weights if settings["pretrained"] else None,
@@ -374,10 +500,22 @@ def write_record(run: Run) -> dict:
         **peak_memory_bytes(run.device),
     }
     io.write_json(run.outputs.metrics, record)
-    run.outputs.checkpoint.unlink(missing_ok=True)
-    log.info("done %s: test top-1 %.4f, macro F1 %.4f, %.0f s", settings["run_id"], test["top1"],
-             test["macro_f1"], record["train_seconds"])
+    leave_final_state(run, None if run.keep_final_state else "no run continues from this one")
+    log.info("done %s: test top-1 %.4f, macro F1 %.4f, %.0f s (%.1f s after the last epoch)", settings["run_id"],
+             test["top1"], test["macro_f1"], record["train_seconds"], time.time() - t0)
     return record
+
+
+def leave_final_state(run: Run, not_kept: str | None) -> None:
+    """The last checkpoint becomes the final state a longer run continues from (a rename, no copy), or a small
+    placeholder saying why none is kept; either way the checkpoint is gone afterwards."""
+    final = run.outputs.final_state
+    if final is not None:
+        if not_kept is None and run.outputs.checkpoint.exists():
+            checkpoint.promote_to_final(run.outputs.checkpoint, final)
+        else:
+            checkpoint.save_final_placeholder(final, not_kept or "the run ended without a checkpoint")
+    run.outputs.checkpoint.unlink(missing_ok=True)
 
 
 def _speed_record(run: Run) -> dict:
@@ -395,5 +533,6 @@ def write_diverged(run: Run, loss: float) -> dict:
     io.torch_save(checkpoint.to_cpu(run.model.state_dict()), run.outputs.weights)
     _write_history(run.outputs.history, run.history)
     io.write_json(run.outputs.metrics, record)
-    run.outputs.checkpoint.unlink(missing_ok=True)
+    # A longer run of the same settings diverges at the same epoch: it trains from scratch to find that out.
+    leave_final_state(run, f"the run diverged in epoch {run.epoch}")
     return record

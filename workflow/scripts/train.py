@@ -1,9 +1,13 @@
 """Train one run."""
+from cnnrepro import gpu_slots
 from cnnrepro.logs import job_log
-from cnnrepro.train import RunOutputs, train_run
+from cnnrepro.train import ChainStart, RunOutputs, train_run
 
 sm = snakemake  # noqa: F821
 with job_log(sm.log[0]):
+    gpu_slots.acquire(sm.params.settings["device"])  # one GPU per job, before torch initialises CUDA
+    chain = ChainStart(sm.input.chain_state, sm.params.chain_from) if sm.params.chain_from else None
     train_run(sm.params.settings, sm.input.data,
-              RunOutputs(sm.output.weights, sm.output.history, sm.output.metrics, sm.params.checkpoint),
-              sm.params.weights_dir, sm.threads)
+              RunOutputs(sm.output.weights, sm.output.history, sm.output.metrics, sm.params.checkpoint,
+                         sm.output.final_state),
+              sm.params.weights_dir, sm.threads, chain=chain, keep_final_state=sm.params.keep_final_state)

@@ -6,7 +6,6 @@ ResNet50 is the different V2). They are read offline by ``build_model`` (see pre
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from .registry import FeatureSplit, register_model
@@ -20,17 +19,24 @@ def _tvm():
 
 
 
-def _resnet_features(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    # torchvision ResNet.forward up to avgpool + flatten; fc is the head.
-    x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
-    x = m.layer4(m.layer3(m.layer2(m.layer1(x))))
-    return torch.flatten(m.avgpool(x), 1)
+def _resnet_stages(m: nn.Module) -> list[tuple[str, nn.Module]]:
+    # torchvision ResNet.forward, block by block; torch.flatten(x, 1) before fc is nn.Flatten(1).
+    blocks = [(f"{layer}.{i}", block) for layer in ("layer1", "layer2", "layer3", "layer4")
+              for i, block in enumerate(getattr(m, layer))]
+    return [("conv1", m.conv1), ("bn1", m.bn1), ("relu", m.relu), ("maxpool", m.maxpool), *blocks,
+            ("avgpool", m.avgpool), ("flatten", nn.Flatten(1)), ("fc", m.fc)]
 
 
-RESNET_SPLIT = FeatureSplit(_resnet_features, lambda m: m.fc)
-# Dropout -> conv10 -> ReLU -> pool, then SqueezeNet.forward's flatten. The dropout stays in the head, so it
-# draws from the same global RNG stream on cached features as on the full model.
-SQUEEZENET_SPLIT = FeatureSplit(lambda m, x: m.features(x), lambda m: nn.Sequential(m.classifier, nn.Flatten(1)))
+def _squeezenet_stages(m: nn.Module) -> list[tuple[str, nn.Module]]:
+    # features.0-12 (conv1, pools, fire2-fire9), then Dropout -> conv10 -> ReLU -> pool and SqueezeNet.forward's
+    # flatten. The classifier's dropout falls into the trained suffix, so it draws from the same global RNG
+    # stream on cached features as on the full model.
+    return [*((f"features.{i}", layer) for i, layer in enumerate(m.features)),
+            *((f"classifier.{i}", layer) for i, layer in enumerate(m.classifier)), ("flatten", nn.Flatten(1))]
+
+
+RESNET_SPLIT = FeatureSplit(_resnet_stages)
+SQUEEZENET_SPLIT = FeatureSplit(_squeezenet_stages)
 
 
 def _imagenet_model(constructor: str, imagenet_state: dict | None) -> nn.Module:

@@ -2,7 +2,7 @@
 
 A registration says everything the rest of the package needs about a model: how to build it, its
 native input size and channels, where its head is, its ImageNet weights (if any), the
-backbone/head split that feature caching uses, and the options its builder accepts. The config
+chain of stages that frozen-prefix caching cuts, and the options its builder accepts. The config
 schema's list of model names is derived from here, so adding a model is one file plus one
 ``@register_model``.
 """
@@ -20,10 +20,12 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 @dataclass(frozen=True)
 class FeatureSplit:
-    """``model(x) == head(model)(features(model, x))`` exactly: what feature caching relies on."""
+    """The model as a chain of stages, what feature caching cuts into a frozen prefix (computed once) and the
+    suffix that trains: ``stages(model)`` lists (name, module) pairs in order, and applying the modules one after
+    the other is ``model(x)`` exactly. A stage's name is its dotted module name in the model ("features.11"), or
+    a label for a parameter-free step that is not a module of the model ("flatten")."""
 
-    features: Callable[[nn.Module, torch.Tensor], torch.Tensor]
-    head: Callable[[nn.Module], nn.Module]
+    stages: Callable[[nn.Module], list[tuple[str, nn.Module]]]
 
 
 @dataclass(frozen=True)

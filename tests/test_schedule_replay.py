@@ -5,7 +5,7 @@ by ``cfg.check_recipe`` (which fills the schema's defaults), then ``make_schedul
 a patience, threshold or factor of the project: a wrong value in ``config.yaml`` or in the schema's
 defaults makes these tests fail (the ``*_catches_*`` tests below show that they can).
 
-Seed 003: the five Keras histories the authors published (``tests/data/authors/``, see its README) are
+Seed 003: the five Keras histories the authors published (``authors/``, see its README) are
 replayed epoch by epoch; the schedule must stop exactly where the authors' runs stopped, by early stopping,
 and give every epoch the learning rate the history records.
 
@@ -26,7 +26,7 @@ from cnnrepro import config as cfg
 from cnnrepro.schedules import make_schedule
 
 REPO = Path(__file__).resolve().parents[1]
-HISTORIES = REPO / "tests" / "data" / "authors" / "kmnist_histories.json"
+HISTORIES = REPO / "authors" / "seed003_kmnist_histories.json"
 
 SEED002 = "seed002_squeezenet_dsc"
 SEED003 = "seed003_kmnist_fcnn_cnn"

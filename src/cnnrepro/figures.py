@@ -1,0 +1,964 @@
+"""The report's figures: which ones each study gets (from its configuration), their captions, and drawing them.
+
+``plan(config)`` lists every study's figures; the workflow (workflow/rules/figures.smk) makes one job per figure
+and hands ``make`` the exact files it reads. Nothing here derives a path except the published curves' file,
+resolved like a paper table's CSV. Each figure is written as PNG (for the HTML pages) and PDF (for LaTeX).
+
+What a study gets, from its configuration alone:
+
+- ``curves-<dataset>[-<freeze>]``: train/evaluation loss and accuracy and the lr per epoch, one line per model
+  and grid setting (one figure per freeze level when the study has several);
+- ``published``: when ``figures.published_curves`` names the authors' own histories, theirs beside ours;
+- ``f1-<dataset>``, ``confusion-<dataset>``: per-class test F1 and the test confusion matrices;
+- ``kernels-<model>``: the first two convolution layers' kernels of each model listed in ``figures.kernels``;
+- ``pareto``: accuracy against parameters and CPU/GPU latency, when the study benchmarks its models;
+- ``classes-<dataset>``: images per class in each split.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from cnnrepro import config as cfg
+from cnnrepro import io
+
+log = logging.getLogger("cnnrepro.figures")
+
+PathLike = str | Path
+
+KINDS = ("curves", "published", "f1", "confusion", "kernels", "pareto", "classes")
+HISTORY_COLUMNS = ("train_loss", "eval_loss", "train_acc", "eval_acc", "lr")
+COLUMN_TITLES = {"train_loss": "training loss", "eval_loss": "evaluation loss", "train_acc": "training accuracy",
+                 "eval_acc": "evaluation accuracy", "lr": "learning rate"}
+
+# One colour per registered model (registry order), the same in every figure of every study: tab10 without its
+# grey (black and grey mark published curves and Pareto fronts), then four more chosen so that the models one
+# study compares (seed 002's five, seed 001's two) stay apart; later registrations cycle through them again.
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
+           "#393b79", "#e6550d", "#31a354", "#7b4173")
+LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 3)))
+HATCHES = ("", "//", "..", "xx", "\\\\", "oo")
+DATASET_MARKERS = ("o", "s", "^", "D", "v", "P")
+
+
+# =====================================================================================================================
+# the plan: which figures a study gets
+# =====================================================================================================================
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One figure of one study. ``name`` is its file stem; ``runs`` the ids of the runs it draws, in order."""
+
+    study: str
+    name: str
+    kind: str
+    runs: tuple[str, ...] = ()
+    dataset: str | None = None
+    freeze: str | None = None
+    model: str | None = None
+
+    def report_labels(self) -> dict[str, str]:
+        """Labels for Snakemake's report: what the figure shows and of which part of the study."""
+        labels = {"figure": KIND_TITLES[self.kind]}
+        for key in ("dataset", "freeze", "model"):
+            if getattr(self, key) is not None:
+                labels[key] = getattr(self, key)
+        return labels
+
+
+KIND_TITLES = {"curves": "learning curves", "published": "published curves", "f1": "per-class F1",
+               "confusion": "confusion matrices", "kernels": "conv kernels", "pareto": "accuracy vs cost",
+               "classes": "class distribution"}
+
+
+def published_curves_path(config: dict, study: str) -> Path | None:
+    """The study's published curves file: a bare name lives in ``authors_dir``; a path with a '/' (relative
+    to the working directory, or absolute) is used as given, as for paper tables."""
+    spec = config["studies"][study]["figures"]["published_curves"]
+    if spec is None:
+        return None
+    file = spec["file"]
+    return Path(file) if "/" in file else Path(config["authors_dir"]) / file
+
+
+def run_field(config: dict, run: cfg.Run, dotted: str) -> Any:
+    """A run's value of ``dotted`` without building its settings: its identity, then its grid values, then the
+    study's own configuration (e.g. ``augment``, ``recipe.batch_size``)."""
+    if dotted in run.wildcards:
+        return run.seed if dotted == "seed" else run.wildcards[dotted]
+    grid = dict(cfg.variants(config["studies"][run.study]))[run.variant]
+    if dotted in grid:
+        return grid[dotted]
+    try:
+        return cfg.get_path(config["studies"][run.study], dotted)
+    except (KeyError, TypeError):
+        return None
+
+
+def _selects(config: dict, run: cfg.Run, selector: Mapping[str, Any]) -> bool:
+    return all(_same(run_field(config, run, key), value) for key, value in selector.items())
+
+
+def _same(run_value: Any, wanted: Any) -> bool:
+    if isinstance(run_value, (int, float)) and not isinstance(run_value, bool) and isinstance(wanted, (int, float)):
+        return float(run_value) == float(wanted)
+    return str(run_value) == str(wanted)
+
+
+def read_published(path: PathLike) -> dict:
+    """A published curves file: ``{"source": {...}, "experiments": {key: {"experiment": label, series: [...]}}}``."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or not isinstance(data.get("experiments"), dict):
+        raise ValueError(f"{path}: expected a JSON object with an 'experiments' object (key -> series lists)")
+    return data
+
+
+def _check_published(config: dict, study: str, runs: list[cfg.Run]) -> list[str]:
+    """The published curves' runs in the order configured; every name checked against the file and the runs."""
+    spec = config["studies"][study]["figures"]["published_curves"]
+    where = f"studies.{study}.figures.published_curves"
+    path = published_curves_path(config, study)
+    if not path.is_file():
+        raise cfg.ConfigError(f"config error at '{where}.file': {path} does not exist; give a file name in "
+                              f"authors_dir ({config['authors_dir']}) or a path with a '/'")
+    try:
+        experiments = read_published(path)["experiments"]
+    except (ValueError, json.JSONDecodeError) as error:
+        raise cfg.ConfigError(f"config error at '{where}.file': {error}") from None
+    chosen: list[str] = []
+    for key, selector in spec["runs"].items():
+        if key not in experiments:
+            raise cfg.ConfigError(f"config error at '{where}.runs.{key}': {path} has no experiment '{key}'; its "
+                                  f"experiments: {', '.join(experiments)}")
+        series = [name for name in spec["series"] if isinstance(experiments[key].get(name), list)]
+        if not series:
+            raise cfg.ConfigError(f"config error at '{where}.series': experiment '{key}' of {path} has none of the "
+                                  f"series {', '.join(spec['series'])}")
+        matched = [run.id for run in runs if _selects(config, run, selector)]
+        if not matched:
+            raise cfg.ConfigError(f"config error at '{where}.runs.{key}': no run of the study has "
+                                  f"{', '.join(f'{k}={v}' for k, v in selector.items())}")
+        chosen += [run_id for run_id in matched if run_id not in chosen]
+    return chosen
+
+
+def _first_seed(runs: Iterable[cfg.Run]) -> list[cfg.Run]:
+    seen, out = set(), []
+    for run in runs:
+        key = (run.dataset, run.model, run.freeze, run.variant)
+        if key not in seen:
+            seen.add(key)
+            out.append(run)
+    return out
+
+
+def study_plan(config: dict, study: str) -> list[Figure]:
+    """The figures of one study, in reading order; a misnamed figure setting is a ConfigError naming it."""
+    settings = config["studies"][study]
+    options = settings["figures"]
+    runs = cfg.expand_runs(config, [study])
+    ids = lambda chosen: tuple(run.id for run in chosen)  # noqa: E731
+    datasets = [d for d in settings["datasets"] if any(run.dataset == d for run in runs)]
+    freezes = [f for f in settings["freeze"] if any(run.freeze == f for run in runs)]
+    figures: list[Figure] = []
+    for dataset in datasets:
+        if len(freezes) > 1:
+            for freeze in freezes:
+                chosen = [r for r in runs if r.dataset == dataset and r.freeze == freeze]
+                figures.append(Figure(study, f"curves-{dataset}-{freeze}", "curves", ids(chosen), dataset, freeze))
+        else:
+            chosen = [r for r in runs if r.dataset == dataset]
+            figures.append(Figure(study, f"curves-{dataset}", "curves", ids(chosen), dataset))
+    if options["published_curves"] is not None:
+        figures.append(Figure(study, "published", "published", tuple(_check_published(config, study, runs))))
+    for dataset in datasets:
+        chosen = ids(r for r in runs if r.dataset == dataset)
+        figures.append(Figure(study, f"f1-{dataset}", "f1", chosen, dataset))
+        figures.append(Figure(study, f"confusion-{dataset}", "confusion", chosen, dataset))
+    for k, model in enumerate(options["kernels"]):
+        if model not in settings["models"]:
+            raise cfg.ConfigError(f"config error at 'studies.{study}.figures.kernels[{k}]': '{model}' is not one "
+                                  f"of the study's models ({', '.join(settings['models'])})")
+        chosen = ids(_first_seed(r for r in runs if r.model == model))
+        figures.append(Figure(study, f"kernels-{model}", "kernels", chosen, model=model))
+    if settings["benchmark"]:
+        figures.append(Figure(study, "pareto", "pareto", ids(runs)))
+    for dataset in datasets:
+        figures.append(Figure(study, f"classes-{dataset}", "classes", (), dataset))
+    for kind in options["paper_figures"]:
+        if kind not in KINDS:
+            raise cfg.ConfigError(f"config error at 'studies.{study}.figures.paper_figures.{kind}': not a figure "
+                                  f"kind; kinds: {', '.join(KINDS)}")
+    return figures
+
+
+def plan(config: dict) -> dict[str, list[Figure]]:
+    """study -> its figures, for a validated configuration."""
+    return {study: study_plan(config, study) for study in config["studies"]}
+
+
+def find(config: dict, study: str, name: str) -> Figure:
+    for figure in study_plan(config, study):
+        if figure.name == name:
+            return figure
+    raise KeyError(f"study {study} has no figure named {name!r}")
+
+
+# =====================================================================================================================
+# captions
+# =====================================================================================================================
+
+
+def _limits_note(config: dict) -> str:
+    limits = {k: v for k, v in config.get("limits", {}).items() if v is not None}
+    if not limits:
+        return ""
+    listed = ", ".join(f"{k} {str(v).lower() if isinstance(v, bool) else v}" for k, v in limits.items())
+    return f" Runs capped by this configuration's limits ({listed}): not the papers' settings."
+
+
+def caption(config: dict, study: str, name: str) -> str:
+    """The caption of ``study``'s figure ``name`` (its file stem), as plain text (also valid reStructuredText)."""
+    figure = find(config, study, name)
+    settings = config["studies"][study]
+    title = settings["title"] or study
+    where = f" on {figure.dataset}" if figure.dataset else ""
+    level = f", freeze level {figure.freeze}" if figure.freeze else ""
+    seeds = settings["seeds"]
+    over_seeds = f" Mean over seeds {', '.join(map(str, seeds))} (band: min to max)." if len(seeds) > 1 else ""
+    kind = figure.kind
+    if kind == "curves":
+        text = (f"Learning curves of {title}{where}{level}: training and evaluation ({settings['eval_split']} split) "
+                "loss and accuracy and the learning rate per epoch, one line per model and setting; the colour is "
+                "the model's in every figure. Epochs without an evaluation have no evaluation point."
+                + over_seeds)
+    elif kind == "published":
+        spec = settings["figures"]["published_curves"]
+        source = spec["source"] or str(published_curves_path(config, study))
+        text = (f"The authors' published training histories (dashed, black; {source}) beside ours (solid) for "
+                f"{title}, one row per experiment, one column per recorded series. Their series are drawn as "
+                "published; ours are the matching runs' history.")
+    elif kind == "f1":
+        text = (f"Per-class F1 on the test set of every model and setting of {title}{where}, and the macro "
+                "average (the unweighted mean over classes)." + over_seeds.replace(" (band: min to max)", ""))
+    elif kind == "confusion":
+        text = (f"Confusion matrices on the test set{where} of every model and setting of {title}: rows are true "
+                "classes, columns predicted ones; the colour is the share of the row (recall), the numbers are "
+                "image counts (summed over seeds).")
+    elif kind == "kernels":
+        text = (f"Kernels of the first two convolution layers of {figure.model} after training ({title}), one row "
+                "per trained configuration (first seed). First layer: one tile per filter (RGB filters in colour, "
+                "each scaled to its own range). Second layer: one 2-D kernel per output (column) and input (row) "
+                "channel. Blue is negative, red positive, on one symmetric scale per layer.")
+    elif kind == "pareto":
+        text = (f"Test top-1 accuracy against parameter count and against batch-1 inference latency on the CPU and "
+                f"the GPU (median of the correct measurement) for the models of {title}, one point per model and "
+                "dataset (freeze level too where there are several), averaged over settings and seeds. Points on "
+                "a dashed line are the Pareto front of their dataset: no other model is both cheaper and more "
+                "accurate. Latencies were measured on this workflow's machine.")
+    elif kind == "classes":
+        text = f"Images per class in each split of {figure.dataset} as prepared for training ({title})."
+    else:  # pragma: no cover - plan only makes the kinds above
+        raise ValueError(f"unknown figure kind {kind!r}")
+    paper = settings["figures"]["paper_figures"].get(kind)
+    if paper:
+        text += f" The paper's counterpart: {paper}."
+    if kind in ("curves", "published", "f1", "confusion", "kernels", "pareto"):
+        text += _limits_note(config)
+    return text
+
+
+# =====================================================================================================================
+# reading runs
+# =====================================================================================================================
+
+
+@dataclass
+class RunData:
+    run_id: str
+    record: dict
+    history: pd.DataFrame | None = None
+
+    @property
+    def settings(self) -> dict:
+        return self.record["settings"]
+
+    @property
+    def ok(self) -> bool:
+        return self.record.get("status") == "ok"
+
+
+def read_history(path: PathLike) -> pd.DataFrame:
+    """history.csv as numbers; an empty cell (an epoch not evaluated) is NaN."""
+    frame = pd.read_csv(path)
+    for column in ("epoch", *HISTORY_COLUMNS):
+        if column in frame:
+            frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    return frame
+
+
+def load_runs(run_ids: Sequence[str], metrics: Sequence[PathLike],
+              histories: Sequence[PathLike] | None = None) -> list[RunData]:
+    """The runs in ``run_ids`` order; each metrics file must be the run it stands for."""
+    if len(metrics) != len(run_ids) or (histories is not None and len(histories) != len(run_ids)):
+        raise ValueError(f"expected one metrics (and history) file per run: {len(run_ids)} runs, {len(metrics)} "
+                         f"metrics files, {len(histories) if histories is not None else 0} histories")
+    out = []
+    for k, (run_id, path) in enumerate(zip(run_ids, metrics)):
+        record = io.read_json(path)
+        if record.get("run_id") != run_id:
+            raise ValueError(f"{path} holds run {record.get('run_id')}, expected {run_id}")
+        out.append(RunData(run_id, record, read_history(histories[k]) if histories is not None else None))
+    return out
+
+
+# A configuration is what a line or a bar stands for: a run without its seed.
+def _config_key(settings: dict) -> tuple:
+    return (settings["dataset"], settings["model"], settings["freeze"], settings["variant"])
+
+
+def _grid_text(grid: Mapping[str, Any], varying: Iterable[str]) -> str:
+    return ", ".join(f"{key.split('.')[-1]} {grid[key]}" for key in grid if key in varying)
+
+
+def series_labels(runs: Sequence[RunData], multiline: bool = False) -> dict[tuple, str]:
+    """configuration -> its label, naming only what differs between the configurations drawn together (the model
+    always when there are several; with ``multiline`` the details go on a second line)."""
+    configs = {}
+    for run in runs:
+        configs.setdefault(_config_key(run.settings), run.settings)
+    fields = {name: {str(s[name]) for s in configs.values()} for name in ("dataset", "model", "freeze")}
+    grid_keys = {k for s in configs.values() for k in s.get("grid", {})}
+    varying = {k for k in grid_keys if len({str(s.get("grid", {}).get(k)) for s in configs.values()}) > 1}
+    labels = {}
+    for key, s in configs.items():
+        details = []
+        if len(fields["dataset"]) > 1:
+            details.append(s["dataset"])
+        if len(fields["freeze"]) > 1:
+            details.append(f"freeze {s['freeze']}")
+        grid = _grid_text(s.get("grid", {}), varying)
+        if grid:
+            details.append(grid)
+        detail = ("\n" if multiline else "; ").join(details)
+        if len(fields["model"]) == 1 and detail:
+            labels[key] = detail  # one model: the figure's title names it
+        elif detail:
+            labels[key] = f"{s['model']}\n{detail}" if multiline else f"{s['model']} ({detail})"
+        else:
+            labels[key] = s["model"]
+    return labels
+
+
+def legend_title(runs: Sequence[RunData]) -> str:
+    """What the series labels name: models, settings of one model, or both."""
+    models = {run.settings["model"] for run in runs}
+    configs = {_config_key(run.settings) for run in runs}
+    if len(configs) == len(models):
+        return "model"
+    return "setting" if len(models) == 1 else "model (setting)"
+
+
+def model_colour(model: str) -> str:
+    from cnnrepro import models
+
+    names = models.model_names()
+    index = names.index(model) if model in names else sum(map(ord, model))
+    return PALETTE[index % len(PALETTE)]
+
+
+def series_styles(keys: Sequence[tuple]) -> dict[tuple, dict]:
+    """configuration -> colour, line style and hatch. The colour is the model's; the configurations of one
+    model differ by line style (and hatch). A figure with one model and several configurations colours them
+    along a sequential map instead, so a grid (batch size x epochs) reads in order."""
+    models_seen = list(dict.fromkeys(key[1] for key in keys))
+    styles: dict[tuple, dict] = {}
+    if len(models_seen) == 1 and len(keys) > 1:
+        import matplotlib
+
+        cmap = matplotlib.colormaps["viridis"]
+        for k, key in enumerate(keys):
+            styles[key] = {"color": cmap(0.9 * k / (len(keys) - 1)), "linestyle": LINESTYLES[k % 2],
+                           "hatch": ""}
+        return styles
+    within: dict[str, int] = {}
+    for key in keys:
+        k = within.get(key[1], 0)
+        within[key[1]] = k + 1
+        styles[key] = {"color": model_colour(key[1]), "linestyle": LINESTYLES[k % len(LINESTYLES)],
+                       "hatch": HATCHES[k % len(HATCHES)]}
+    return styles
+
+
+def _by_config(runs: Sequence[RunData]) -> dict[tuple, list[RunData]]:
+    grouped: dict[tuple, list[RunData]] = {}
+    for run in runs:
+        grouped.setdefault(_config_key(run.settings), []).append(run)
+    return grouped
+
+
+# =====================================================================================================================
+# drawing
+# =====================================================================================================================
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "legend.fontsize": 9,
+                         "xtick.labelsize": 9, "ytick.labelsize": 9, "axes.spines.top": False,
+                         "axes.spines.right": False, "pdf.fonttype": 42})
+    return plt
+
+
+def save(fig, png: PathLike, pdf: PathLike) -> None:
+    """Write the figure as PNG and PDF, each atomically, and close it."""
+    plt = _pyplot()
+    try:
+        for path, fmt in ((png, "png"), (pdf, "pdf")):
+            with io.atomic_path(path) as tmp:
+                fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+
+
+def epoch_ticks():
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True, steps=[1, 2, 2.5, 5, 10])
+
+
+def _legend_right(fig, handles, labels, title: str | None = None) -> None:
+    if handles:
+        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, title=title)
+
+
+def _note(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=9, color="0.35", wrap=True)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _mean_band(frames: Sequence[pd.DataFrame], column: str) -> pd.DataFrame:
+    """Per epoch: mean, min and max of ``column`` over seeds, evaluated epochs only."""
+    stacked = pd.concat([f[["epoch", column]] for f in frames]).dropna()
+    return stacked.groupby("epoch")[column].agg(["mean", "min", "max"]).reset_index()
+
+
+def draw_curves(runs: Sequence[RunData], title: str) -> Any:
+    plt = _pyplot()
+    grouped = _by_config(runs)
+    labels = series_labels(runs)
+    styles = series_styles(list(grouped))
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6.4), constrained_layout=True)
+    panels = {"train_loss": axes[0, 0], "eval_loss": axes[0, 1], "lr": axes[0, 2], "train_acc": axes[1, 0],
+              "eval_acc": axes[1, 1]}
+    eval_split = runs[0].settings.get("eval_split", "eval") if runs else "eval"
+    titles = {**COLUMN_TITLES, "eval_loss": f"evaluation loss ({eval_split})",
+              "eval_acc": f"evaluation accuracy ({eval_split})"}
+    handles = []
+    for key, members in grouped.items():
+        frames = [m.history for m in members if m.history is not None and len(m.history)]
+        line = None
+        for column, ax in panels.items():
+            band = _mean_band(frames, column) if frames else pd.DataFrame()
+            if band.empty:
+                continue
+            # A lone point (one epoch, or sparse evaluation) needs a marker to be seen.
+            marker = "o" if len(band) < 3 else None
+            (line,) = ax.plot(band["epoch"], band["mean"], color=styles[key]["color"],
+                              linestyle=styles[key]["linestyle"], marker=marker, markersize=4, linewidth=1.4)
+            if len(members) > 1:
+                ax.fill_between(band["epoch"], band["min"], band["max"], color=styles[key]["color"], alpha=0.15,
+                                linewidth=0)
+        if line is not None:
+            diverged = [m for m in members if m.record.get("status") == "diverged"]
+            handles.append((line, labels[key] + (" (diverged)" if diverged else "")))
+    for column, ax in panels.items():
+        ax.set_title(titles[column])
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(epoch_ticks())
+        if not ax.has_data():
+            _note(ax, "not recorded")
+        elif column == "lr":
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    for pair in (("train_loss", "eval_loss"), ("train_acc", "eval_acc")):
+        if panels[pair[0]].has_data() and panels[pair[1]].has_data():
+            lows, highs = zip(*(panels[p].get_ylim() for p in pair))
+            for p in pair:
+                panels[p].set_ylim(min(lows), max(highs))
+    legend_ax = axes[1, 2]
+    legend_ax.axis("off")
+    if handles:
+        legend_ax.legend([h for h, _ in handles], [t for _, t in handles], loc="center left", frameon=False,
+                         title=legend_title(runs))
+    fig.suptitle(title)
+    return fig
+
+
+def draw_published(runs: Sequence[RunData], published: dict, spec: Mapping[str, Any],
+                   selectors: Mapping[str, Mapping[str, Any]], title: str) -> Any:
+    """One row per published experiment, one column per series it records: theirs dashed, ours solid."""
+    plt = _pyplot()
+    experiments = published["experiments"]
+    series = spec["series"]  # the file's series name -> our history column
+    keys = list(selectors)
+    columns = [c for c in HISTORY_COLUMNS
+               if any(isinstance(experiments[k].get(name), list) for k in keys for name, col in series.items()
+                      if col == c)]
+    fig, axes = plt.subplots(len(keys), len(columns), figsize=(3.4 * len(columns) + 0.5, 2.3 * len(keys) + 0.6),
+                             squeeze=False, constrained_layout=True)
+    ours_handle = theirs_handle = None
+    labels = series_labels(runs)
+    for row, key in enumerate(keys):
+        experiment = experiments[key]
+        members = [r for r in runs if all(_same(_settings_field(r.settings, f), v) for f, v in selectors[key].items())]
+        colour = model_colour(members[0].settings["model"]) if members else "0.3"
+        for col, column in enumerate(columns):
+            ax = axes[row, col]
+            for name, target in series.items():
+                values = experiment.get(name)
+                if target == column and isinstance(values, list):
+                    theirs_handle, = ax.plot(np.arange(1, len(values) + 1), values, color="black", linestyle="--",
+                                             linewidth=1.1)
+            frames = [m.history for m in members if m.history is not None and len(m.history)]
+            band = _mean_band(frames, column) if frames else pd.DataFrame()
+            if not band.empty:
+                ours_handle, = ax.plot(band["epoch"], band["mean"], color=colour, linewidth=1.6,
+                                       marker="o" if len(band) < 3 else None, markersize=4)
+            if column == "lr":
+                ax.set_yscale("log")
+            ax.xaxis.set_major_locator(epoch_ticks())
+            ax.grid(alpha=0.3)
+            if row == 0:
+                ax.set_title(COLUMN_TITLES[column])
+            if row == len(keys) - 1:
+                ax.set_xlabel("epoch")
+            if col == 0:
+                ours = ", ".join(dict.fromkeys(labels[_config_key(m.settings)] for m in members))
+                ax.set_ylabel(f"{experiment.get('experiment', key)}\nours: {ours}", fontsize=8.5)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color="0.45", linewidth=1.6, label="ours (in the model's colour)")] if ours_handle else []
+    if theirs_handle is not None:
+        handles.append(Line2D([], [], color="black", linestyle="--", linewidth=1.1, label="authors (published)"))
+    _legend_right(fig, handles, [h.get_label() for h in handles])
+    fig.suptitle(title)
+    return fig
+
+
+def _settings_field(settings: dict, dotted: str) -> Any:
+    if dotted in settings.get("grid", {}):
+        return settings["grid"][dotted]
+    try:
+        return cfg.get_path(settings, dotted)
+    except (KeyError, TypeError):
+        return None
+
+
+def _class_names(dataset: str, num_classes: int) -> list[str]:
+    from cnnrepro import datasets
+
+    info = datasets.DATASETS.get(dataset)
+    names = list(info.classes) if info is not None else []
+    return names if len(names) == num_classes else [str(k) for k in range(num_classes)]
+
+
+def _ok_by_config(runs: Sequence[RunData]) -> dict[tuple, list[RunData]]:
+    return {key: [m for m in members if m.ok] for key, members in _by_config(runs).items()}
+
+
+def draw_classes(frame: pd.DataFrame, title: str) -> Any:
+    """Images per class, one bar per split (the prepared dataset's class CSV: split, class_index, class_name,
+    count); with many classes the bars are indexed and the figure stays page-wide."""
+    plt = _pyplot()
+    table = frame.pivot_table(index=["class_index", "class_name"], columns="split", values="count", aggfunc="sum",
+                              sort=False).sort_index(level=0).fillna(0)
+    splits = [s for s in dict.fromkeys(frame["split"]) if s in table.columns]
+    names = [str(name) for _, name in table.index]
+    many = len(names) > 20
+    fig, ax = plt.subplots(figsize=(13 if many else max(6.5, 0.7 * len(names) + 2.5), 3.8), constrained_layout=True)
+    positions = np.arange(len(names))
+    width = 0.8 / max(len(splits), 1)
+    for k, split in enumerate(splits):
+        ax.bar(positions + (k - (len(splits) - 1) / 2) * width, table[split].to_numpy(), width, label=split,
+               color=("#4c72b0", "#dd8452", "#55a868", "#8172b3")[k % 4])
+    if many:
+        ticks = positions[::10]
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([str(t) for t in ticks])
+        ax.set_xlabel("class index")
+    else:
+        ax.set_xticks(positions)
+        long_names = max(map(len, names), default=0) > 6
+        ax.set_xticklabels(names, rotation=45 if long_names else 0, ha="right" if long_names else "center")
+        ax.set_xlabel("class")
+    ax.set_xlim(-0.6, len(names) - 0.4)
+    ax.set_ylabel("images")
+    ax.grid(axis="y", alpha=0.3)
+    handles, texts = ax.get_legend_handles_labels()
+    _legend_right(fig, handles, texts, "split")
+    fig.suptitle(title)
+    return fig
+
+
+def draw_f1(runs: Sequence[RunData], title: str) -> Any:
+    """Grouped bars (class x configuration) when that stays readable, otherwise a configuration x class heatmap."""
+    plt = _pyplot()
+    grouped = _ok_by_config(runs)
+    labels = series_labels(runs)
+    styles = series_styles(list(grouped))
+    scores = {key: np.mean([m.record["test"]["f1_per_class"] for m in members], axis=0)
+              for key, members in grouped.items() if members}
+    num_classes = max((len(v) for v in scores.values()), default=0)
+    dataset = runs[0].settings["dataset"] if runs else ""
+    names = _class_names(dataset, num_classes)
+    if not scores:
+        fig, ax = plt.subplots(figsize=(6, 3))
+        _note(ax, "no run finished (all diverged)")
+        fig.suptitle(title)
+        return fig
+    if len(scores) <= 8 and num_classes <= 20:
+        fig, ax = plt.subplots(figsize=(max(7.0, 0.75 * (num_classes + 1) * max(1, len(scores) / 3)), 4.2),
+                               constrained_layout=True)
+        width = 0.8 / len(scores)
+        positions = np.arange(num_classes + 1)
+        for k, (key, values) in enumerate(scores.items()):
+            heights = np.append(values, values.mean())
+            ax.bar(positions + (k - (len(scores) - 1) / 2) * width, heights, width, label=labels[key],
+                   color=styles[key]["color"], hatch=styles[key]["hatch"], edgecolor="white", linewidth=0.5)
+        ax.set_xticks(positions)
+        ax.set_xticklabels(names + ["macro avg"], rotation=45 if max(map(len, names), default=0) > 4 else 0,
+                           ha="right" if max(map(len, names), default=0) > 4 else "center")
+        ax.axvline(num_classes - 0.5, color="0.6", linewidth=0.8)
+        ax.set_ylabel("F1 (test)")
+        ax.set_ylim(0, 1.05)
+        ax.grid(axis="y", alpha=0.3)
+        handles, texts = ax.get_legend_handles_labels()
+        _legend_right(fig, handles, texts, legend_title(runs))
+    else:
+        matrix = np.vstack([np.append(v, v.mean()) for v in scores.values()])
+        # Room for the row labels, then about a third of an inch per class (capped at a page width).
+        label_width = 0.075 * max(len(labels[key]) for key in scores)
+        fig, ax = plt.subplots(figsize=(label_width + min(12.0, 2.0 + 0.35 * (num_classes + 1)),
+                                        1.4 + 0.32 * len(scores)), constrained_layout=True)
+        image = ax.imshow(matrix, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_yticks(range(len(scores)))
+        ax.set_yticklabels([labels[key] for key in scores])
+        step = 1 if num_classes <= 20 else 10
+        ticks = list(range(0, num_classes, step)) + [num_classes]
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([names[t] if step == 1 else str(t) for t in ticks[:-1]] + ["macro"], rotation=90)
+        ax.set_xlabel("class" + (" index" if step > 1 else ""))
+        fig.colorbar(image, ax=ax, label="F1 (test)", shrink=0.9)
+    fig.suptitle(title)
+    return fig
+
+
+def draw_confusion(runs: Sequence[RunData], title: str) -> Any:
+    plt = _pyplot()
+    grouped = {k: v for k, v in _ok_by_config(runs).items() if v}
+    labels = series_labels(runs, multiline=True)
+    if not grouped:
+        fig, ax = plt.subplots(figsize=(6, 3))
+        _note(ax, "no run finished (all diverged)")
+        fig.suptitle(title)
+        return fig
+    matrices = {key: np.sum([np.asarray(m.record["test"]["confusion_matrix"]) for m in members], axis=0)
+                for key, members in grouped.items()}
+    num_classes = next(iter(matrices.values())).shape[0]
+    names = _class_names(runs[0].settings["dataset"], num_classes)
+    ncols = min(len(matrices), 3 if num_classes > 20 else 6)
+    nrows = math.ceil(len(matrices) / ncols)
+    side = 3.4 if num_classes <= 20 else 4.2
+    # Counts are printed only while they stay legible: few classes and few panels.
+    counts = num_classes <= 12 and len(matrices) <= 6
+    fig, axes = plt.subplots(nrows, ncols, figsize=(side * ncols + 1.0, (side + 0.4) * nrows + 0.4), squeeze=False,
+                             sharex=True, sharey=True, constrained_layout=True)
+    image = None
+    for index, (ax, (key, matrix)) in enumerate(zip(axes.flat, matrices.items())):
+        totals = matrix.sum(axis=1, keepdims=True)
+        share = np.divide(matrix, totals, out=np.zeros(matrix.shape, dtype=float), where=totals > 0)
+        image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+        if counts:
+            for (i, j), count in np.ndenumerate(matrix):
+                if count:
+                    ax.text(j, i, str(count), ha="center", va="center", fontsize=6.5,
+                            color="white" if share[i, j] > 0.6 else "black")
+        ticks = range(num_classes) if num_classes <= 20 else range(0, num_classes, 10)
+        tick_labels = [names[t] for t in ticks] if num_classes <= 20 else [str(t) for t in ticks]
+        ax.set_xticks(list(ticks))
+        ax.set_yticks(list(ticks))
+        ax.set_xticklabels(tick_labels, rotation=90, fontsize=7)
+        ax.set_yticklabels(tick_labels, fontsize=7)
+        if index // ncols == nrows - 1 or index + ncols >= len(matrices):
+            ax.set_xlabel("predicted")
+            ax.tick_params(labelbottom=True)
+        if index % ncols == 0:
+            ax.set_ylabel("true")
+        accuracy = np.trace(matrix) / max(matrix.sum(), 1)
+        ax.set_title(f"{labels[key]}\naccuracy {accuracy:.3f}", fontsize=8.5)
+        for spine in ax.spines.values():
+            spine.set_visible(True)
+    for ax in list(axes.flat)[len(matrices):]:
+        ax.axis("off")
+    if image is not None:
+        fig.colorbar(image, ax=axes, label="share of the true class", shrink=0.8)
+    fig.suptitle(title)
+    return fig
+
+
+def conv_kernels(state: Mapping[str, Any], count: int = 2) -> list[tuple[str, np.ndarray]]:
+    """The first ``count`` convolution kernels of a state dict, in module order: (name, array O x I x k x k)."""
+    found = []
+    for name, tensor in state.items():
+        if name.endswith("weight") and getattr(tensor, "ndim", 0) == 4:
+            found.append((name.removesuffix(".weight"), tensor.detach().cpu().float().numpy()))
+            if len(found) == count:
+                break
+    return found
+
+
+def _tile_grid(kernels: np.ndarray, columns: int, gap: int = 1) -> np.ndarray:
+    """Kernels (N x k x k, or N x k x k x 3) laid out in rows of ``columns`` tiles, NaN between tiles."""
+    n, k = kernels.shape[0], kernels.shape[1]
+    rows = math.ceil(n / columns)
+    shape = (rows * (k + gap) - gap, columns * (k + gap) - gap) + kernels.shape[3:]
+    canvas = np.full(shape, np.nan if kernels.ndim == 3 else 1.0)
+    for index in range(n):
+        r, c = divmod(index, columns)
+        canvas[r * (k + gap):r * (k + gap) + k, c * (k + gap):c * (k + gap) + k] = kernels[index]
+    return canvas
+
+
+def _mosaic(weights: np.ndarray, max_out: int = 64, max_in: int = 64, gap: int = 1) -> np.ndarray:
+    """O x I x k x k as one image: a column per output channel, a row per input channel (capped)."""
+    weights = weights[:max_out, :max_in]
+    out_channels, in_channels, kh, kw = weights.shape
+    canvas = np.full((in_channels * (kh + gap) - gap, out_channels * (kw + gap) - gap), np.nan)
+    for o in range(out_channels):
+        for i in range(in_channels):
+            canvas[i * (kh + gap):i * (kh + gap) + kh, o * (kw + gap):o * (kw + gap) + kw] = weights[o, i]
+    return canvas
+
+
+def _draw_layer(fig, ax, name: str, weights: np.ndarray, first: bool) -> None:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["RdBu_r"].copy()
+    cmap.set_bad("white")
+    out_channels, in_channels = weights.shape[:2]
+    limit = float(np.abs(weights).max()) or 1.0
+    columns = max(1, math.ceil(math.sqrt(out_channels * 2)))
+    if first and in_channels == 3:
+        rgb = weights.transpose(0, 2, 3, 1)
+        low = rgb.min(axis=(1, 2, 3), keepdims=True)
+        span = rgb.max(axis=(1, 2, 3), keepdims=True) - low
+        ax.imshow(_tile_grid((rgb - low) / np.where(span > 0, span, 1), columns), interpolation="nearest")
+        what = f"{out_channels} filters, {weights.shape[2]}x{weights.shape[3]} RGB"
+    elif first and in_channels == 1:
+        image = ax.imshow(_tile_grid(weights[:, 0], columns), cmap=cmap, vmin=-limit, vmax=limit,
+                          interpolation="nearest")
+        fig.colorbar(image, ax=ax, shrink=0.8)
+        what = f"{out_channels} filters, {weights.shape[2]}x{weights.shape[3]}"
+    else:
+        image = ax.imshow(_mosaic(weights), cmap=cmap, vmin=-limit, vmax=limit, interpolation="nearest")
+        fig.colorbar(image, ax=ax, shrink=0.8)
+        shown = f" (first {min(out_channels, 64)} x {min(in_channels, 64)} shown)" if max(out_channels,
+                                                                                        in_channels) > 64 else ""
+        what = f"{out_channels} outputs (columns) x {in_channels} inputs (rows){shown}"
+        ax.set_xlabel("output channel")
+        ax.set_ylabel("input channel")
+    ax.set_title(f"{name}: {what}", fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
+def draw_kernels(runs: Sequence[RunData], weights: Sequence[PathLike], title: str) -> Any:
+    import torch
+
+    plt = _pyplot()
+    labels = series_labels(runs)
+    layers = []
+    for run, path in zip(runs, weights):
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        found = conv_kernels(state)
+        if not found:
+            raise ValueError(f"{path} ({run.settings['model']}) has no convolution layer; remove the model from "
+                             f"studies.<study>.figures.kernels")
+        layers.append(found)
+    ncols = max(len(found) for found in layers)
+    fig, axes = plt.subplots(len(runs), ncols, figsize=(6.2 * ncols, 3.6 * len(runs) + 0.6), squeeze=False,
+                             constrained_layout=True)
+    for row, (run, found) in enumerate(zip(runs, layers)):
+        for col in range(ncols):
+            ax = axes[row, col]
+            if col < len(found):
+                _draw_layer(fig, ax, *found[col], first=col == 0)
+            else:
+                ax.axis("off")
+        axes[row, 0].text(-0.08, 0.5, labels[_config_key(run.settings)], transform=axes[row, 0].transAxes,
+                          rotation=90, ha="right", va="center", fontsize=10)
+    fig.suptitle(title)
+    return fig
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both: lower cost (x) and higher accuracy (y), by cost."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], -math.inf
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def model_points(runs: Sequence[RunData], bench_cpu: Sequence[PathLike], bench_gpu: Sequence[PathLike]) -> pd.DataFrame:
+    """One row per (dataset, model, freeze): mean test top-1 over settings and seeds, parameters, latencies."""
+    from cnnrepro import aggregate
+
+    benches: dict[tuple, dict] = {}
+    for path in [*bench_cpu, *bench_gpu]:
+        record = io.read_json(path)
+        benches[aggregate.bench_identity(record)] = record
+    rows = []
+    for run in runs:
+        if not run.ok:
+            continue
+        s = run.settings
+        key = (s["study"], s["dataset"], s["model"], s["freeze"])
+        summary = aggregate.summarize(run.record, benches.get((*key, "cpu")), benches.get((*key, "gpu")))
+        rows.append({"dataset": s["dataset"], "model": s["model"], "freeze": s["freeze"],
+                     "accuracy_pct": summary.get("test_top1_pct"), "params": summary.get("params_count"),
+                     "cpu_ms": summary.get("cpu_latency_median_ms"), "gpu_ms": summary.get("gpu_latency_median_ms"),
+                     "gpu_reason": summary.get("gpu_not_measured")})
+    frame = pd.DataFrame(rows, columns=["dataset", "model", "freeze", "accuracy_pct", "params", "cpu_ms", "gpu_ms",
+                                        "gpu_reason"])
+    if frame.empty:
+        return frame
+    numbers = frame.groupby(["dataset", "model", "freeze"], sort=False)[["accuracy_pct", "params", "cpu_ms",
+                                                                         "gpu_ms"]].mean()
+    reasons = frame.groupby(["dataset", "model", "freeze"], sort=False)["gpu_reason"].first()
+    return numbers.join(reasons).reset_index()
+
+
+def _short_number(value: float, _position=None) -> str:
+    for factor, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:g}{suffix}"
+    return f"{value:g}"
+
+
+def _log_axis(axis, ax) -> None:
+    """A log axis labelled 1, 2, 5 per decade in plain numbers (1M, 200k, 0.5), without minor labels."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(_short_number))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def draw_pareto(points: pd.DataFrame, title: str) -> Any:
+    plt = _pyplot()
+    axes_spec = (("params", "parameters", True), ("cpu_ms", "CPU latency, batch 1 (ms)", True),
+                 ("gpu_ms", "GPU latency, batch 1 (ms)", True))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.4), constrained_layout=True)
+    datasets = list(dict.fromkeys(points["dataset"])) if len(points) else []
+    markers = {d: DATASET_MARKERS[k % len(DATASET_MARKERS)] for k, d in enumerate(datasets)}
+    several_freeze = len(set(points["freeze"])) > 1 if len(points) else False
+    for ax, (column, label, logx) in zip(axes, axes_spec):
+        ax.set_xlabel(label)
+        ax.set_ylabel("test top-1 accuracy (%)")
+        usable = points.dropna(subset=[column, "accuracy_pct"]) if len(points) else points
+        if usable.empty:
+            text = "not measured"
+            if column == "gpu_ms" and len(points) and points["gpu_reason"].notna().any():
+                reason = str(points["gpu_reason"].dropna().iloc[0])
+                text = reason if reason.startswith("not measured") else f"not measured: {reason}"
+            _note(ax, text.replace(": ", ":\n", 1))
+            continue
+        for dataset in datasets:
+            part = usable[usable["dataset"] == dataset].reset_index(drop=True)
+            if part.empty:
+                continue
+            for _, row in part.iterrows():
+                ax.scatter(row[column], row["accuracy_pct"], color=model_colour(row["model"]),
+                           marker=markers[dataset], s=55, edgecolor="black", linewidth=0.6, zorder=3)
+                text = row["model"] + (f" ({row['freeze']})" if several_freeze else "")
+                ax.annotate(text, (row[column], row["accuracy_pct"]), textcoords="offset points", xytext=(5, 4),
+                            fontsize=7.5, color="0.25")
+            front = pareto_front(list(zip(part[column], part["accuracy_pct"])))
+            if len(front) > 1:
+                ax.step(part.loc[front, column], part.loc[front, "accuracy_pct"], where="post", color="0.35",
+                        linestyle="--", linewidth=1, zorder=2)
+        if logx:
+            _log_axis(ax.xaxis, ax)
+        ax.grid(alpha=0.3, which="major")
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], marker="o", linestyle="", markersize=8, markerfacecolor=model_colour(m),
+                      markeredgecolor="black", label=m) for m in dict.fromkeys(points["model"])] if len(points) else []
+    handles += [Line2D([], [], marker=markers[d], linestyle="", markersize=8, color="0.5", label=d)
+                for d in datasets] if len(datasets) > 1 else []
+    handles += [Line2D([], [], color="0.35", linestyle="--", label="Pareto front")]
+    _legend_right(fig, handles, [h.get_label() for h in handles])
+    fig.suptitle(title)
+    return fig
+
+
+# =====================================================================================================================
+# the job
+# =====================================================================================================================
+
+
+def make(config: dict, study: str, name: str, files: Mapping[str, Sequence[PathLike]], png: PathLike,
+         pdf: PathLike) -> None:
+    """Draw ``study``'s figure ``name`` from exactly the given files, keyed as figures.smk passes them:
+    ``metrics``, ``histories``, ``weights`` (one per run of the figure, in its order), ``bench_cpu``,
+    ``bench_gpu``, ``published`` and ``classes``."""
+    figure = find(config, study, name)
+    settings = config["studies"][study]
+    title = f"{settings['title'] or study}"
+    suffix = ", ".join(x for x in (figure.dataset, f"freeze {figure.freeze}" if figure.freeze else None,
+                                   figure.model) if x)
+    heading = f"{title}\n{KIND_TITLES[figure.kind]}" + (f", {suffix}" if suffix else "")
+    kind = figure.kind
+    if kind == "classes":
+        save(draw_classes(pd.read_csv(files["classes"][0]), heading), png, pdf)
+        return
+    histories = files.get("histories") if kind in ("curves", "published") else None
+    runs = load_runs(figure.runs, files["metrics"], histories)
+    if kind == "curves":
+        fig = draw_curves(runs, heading)
+    elif kind == "published":
+        spec = settings["figures"]["published_curves"]
+        fig = draw_published(runs, read_published(files["published"][0]), spec, spec["runs"], heading)
+    elif kind == "f1":
+        fig = draw_f1(runs, heading)
+    elif kind == "confusion":
+        fig = draw_confusion(runs, heading)
+    elif kind == "kernels":
+        fig = draw_kernels(runs, files["weights"], heading)
+    elif kind == "pareto":
+        fig = draw_pareto(model_points(runs, files.get("bench_cpu", ()), files.get("bench_gpu", ())), heading)
+    else:  # pragma: no cover
+        raise ValueError(f"unknown figure kind {kind!r}")
+    save(fig, png, pdf)
+    log.info("wrote %s and %s", png, pdf)

@@ -1,0 +1,9 @@
+"""Draw one figure of one study (PNG and PDF) from the files the rule names."""
+from cnnrepro.figures import make
+from cnnrepro.logs import job_log
+
+sm = snakemake  # noqa: F821
+with job_log(sm.log[0]):
+    files = {name: list(sm.input[name]) if not isinstance(sm.input[name], str) else [sm.input[name]]
+             for name in sm.input.keys()}
+    make(sm.config, sm.wildcards.study, sm.wildcards.figure, files, sm.output.png, sm.output.pdf)

@@ -40,8 +40,9 @@ def write_inputs(config, root, records=None):
     workflow's: the package must identify each file by its content. ``records`` replaces some runs' record."""
     metrics, bench = [], []
     for i, run in enumerate(cfg.expand_runs(config)):
+        grid = dict(cfg.variants(config["studies"][run.study]))[run.variant]
         record = (records or {}).get(run.id) or fake_record(run.study, run.dataset, run.model, run.freeze,
-                                                            run.variant, run.seed)
+                                                            run.variant, run.seed, grid=grid)
         metrics.append(root / "metrics" / f"{i}.json")
         io.write_json(metrics[-1], record)
     for i, key in enumerate(aggregate.benchmarks(config)):
@@ -79,12 +80,22 @@ def test_paper_table_keeps_printed_digits_and_means_over_seeds(tmp_path):
              "metrics": {"acc_pct": "test_top1_pct", "loss": "train_loss_last", "missing_col": "x"}}
     summaries = [aggregate.summarize(fake_record("s", "cifar10", "a", seed=s, top1=t)) for s, t in ((0, .5), (1, .7))]
     frame = aggregate.paper_table(table, "s", summaries, tmp_path / "t.csv")
-    assert list(frame.columns) == ["model", "dataset", "acc_pct_paper", "acc_pct_ours", "loss_paper", "loss_ours",
-                                   "runs_ours", "device_ours", "deviations_ours", "notes"]
+    per_metric = ["paper", "ours", "ours_std", "ours_n", "ours_ci95_low", "ours_ci95_high", "verdict", "reason"]
+    assert list(frame.columns) == ["model", "dataset", *(f"acc_pct_{c}" for c in per_metric),
+                                   *(f"loss_{c}" for c in per_metric),
+                                   "runs_ours", "status_ours", "device_ours", "deviations_ours", "notes"]
     a, b = frame.to_dict("records")
     assert a["acc_pct_paper"] == "89.10" and a["loss_paper"] == "0.2100"
-    assert a["acc_pct_ours"] == pytest.approx(60.0) and a["runs_ours"] == 2
-    assert pd.isna(b["acc_pct_ours"]) and b["runs_ours"] == 0
+    assert a["acc_pct_ours"] == pytest.approx(60.0) and a["runs_ours"] == 2 and a["status_ours"] == "ok"
+    # Two seeds, 50 and 70: sample std 14.1421, 95 % interval 60 ± 12.706 * 14.1421 / sqrt(2).
+    assert a["acc_pct_ours_std"] == pytest.approx(14.1421) and a["acc_pct_ours_n"] == 2
+    assert a["acc_pct_ours_ci95_low"] == pytest.approx(60 - 127.06, abs=1e-3)
+    assert a["acc_pct_ours_ci95_high"] == pytest.approx(60 + 127.06, abs=1e-3)
+    # Fewer than 3 seeds: the tolerance decides (|60 - 89.10| > 1.5 pp); the loss is within 10 % of 0.21? No.
+    assert a["acc_pct_verdict"] == "differ" and "±1.5 pp" in a["acc_pct_reason"]
+    assert a["loss_verdict"] == "differ" and a["loss_reason"] == "outside ±10 %"
+    assert pd.isna(b["acc_pct_ours"]) and b["runs_ours"] == 0 and b["acc_pct_ours_n"] == 0
+    assert b["acc_pct_verdict"] == "not comparable" and b["acc_pct_reason"] == "no configured run matches this row"
 
 
 def test_match_by_run_field_and_templates(tmp_path):
@@ -211,7 +222,7 @@ def test_notes_of_each_kind_land_on_their_rows_and_cells(tmp_path):
                         {"metric": ["size"], "row": {"model": "A", "dataset": "CIFAR-100"}, "text": "on one cell"},
                         {"metric": "size", "row": {"dataset": "CIFAR-10"}, "text": "on the acc column"})
     frame = aggregate.paper_table(table, "s", [], tmp_path / "t.csv")
-    assert list(frame.columns)[-4:] == ["runs_ours", "device_ours", "deviations_ours", "notes"]
+    assert list(frame.columns)[-5:] == ["runs_ours", "status_ours", "device_ours", "deviations_ours", "notes"]
     assert frame["notes"].tolist() == [
         "[1] on the table; [2] on the acc column",  # the repeated text keeps its number
         "[1] on the table; [2] on the acc column; [4] on one cell",
@@ -268,8 +279,8 @@ def test_device_and_deviations_of_the_matching_runs(tmp_path):
     assert summaries[0]["deviations"] == ["bf16 autocast", "channels_last"] and summaries[3]["deviations"] == []
     frame = aggregate.paper_table(notes_table(metrics={"acc": "test_top1_pct"}), "s", summaries,
                                   tmp_path / "t.csv")
-    assert list(frame.columns) == ["model", "dataset", "size", "acc_paper", "acc_ours", "runs_ours", "device_ours",
-                                   "deviations_ours", "notes"]
+    assert list(frame.columns) == ["model", "dataset", "size", *(f"acc{suffix}" for suffix in aggregate.METRIC_SUFFIXES),
+                                   "runs_ours", "status_ours", "device_ours", "deviations_ours", "notes"]
     assert frame["device_ours"].tolist() == ["NVIDIA A100; NVIDIA H100", "NVIDIA A100", ""]
     assert frame["deviations_ours"].tolist() == ["bf16 autocast, channels_last, TF32 matmul", "", ""]
     runs = aggregate.flat_runs(summaries)
@@ -332,3 +343,131 @@ def test_the_real_configs_notes_land_where_intended(raw_config, tmp_path):
                                                    '("em torno de")') for row in approx)
     for name in ("seed001_accuracy_cifar10.csv", "seed003_table1_f1_test.csv", "seed004_test_result.csv"):
         assert (pd.read_csv(written[name], dtype=str, keep_default_na=False)["notes"] == "").all(), name
+
+
+# ----- per study, seeds, partial results and layouts -----
+
+
+def study_inputs(config, root, study, records=None):
+    """The aggregate rule's inputs for one study: its metrics and benchmark files, paper tables and outputs."""
+    metrics, bench = write_inputs(config, root, records)
+    ours = [p for p in metrics if io.read_json(p)["settings"]["study"] == study]
+    benches = [p for p in bench if io.read_json(p)["study"] == study]
+    paper, out = table_files(config, root / "out")
+    names = aggregate.study_tables(config, study)
+    return ours, benches, {n: paper[n] for n in names}, {n: out[n] for n in names}
+
+
+def test_a_study_is_aggregated_from_its_own_files_only(raw_config, tmp_path):
+    config = cfg.validate(raw_config)
+    study = "seed001_resnet_mobilenet_cifar10"
+    metrics, bench, paper, out = study_inputs(config, tmp_path, study)
+    written = aggregate.aggregate_study(config, study, metrics, bench, paper, out, tmp_path / "runs.csv",
+                                        tmp_path / "models.csv")
+    assert set(written) == {"seed001_accuracy_cifar10.csv", "runs.csv", "models.csv"}
+    runs = pd.read_csv(written["runs.csv"])
+    assert set(runs["study"]) == {study} and len(runs) == 2
+    assert list(runs.columns[:8]) == ["run_id", "study", "dataset", "model", "freeze", "variant", "seed", "status"]
+    # Another study's record among the inputs is a wiring error, named.
+    stray = write_inputs(config, tmp_path / "other")[0][0]
+    with pytest.raises(ValueError, match="config does not define"):
+        aggregate.aggregate_study(config, study, [*metrics, stray], bench, paper, out, tmp_path / "r.csv",
+                                  tmp_path / "m.csv")
+
+
+def test_min_seeds_makes_seeds_a_grid_axis_of_every_study(raw_config, tmp_path):
+    raw_config["min_seeds"] = 3
+    config = cfg.validate(raw_config)
+    assert config["studies"]["seed003_kmnist_fcnn_cnn"]["seeds"] == [42, 43, 44]
+    assert config["studies"]["seed001_resnet_mobilenet_cifar10"]["seeds"] == [0, 1, 2]
+    study = "seed001_resnet_mobilenet_cifar10"
+    tops = {0: 0.83, 1: 0.84, 2: 0.85}
+    records = {run.id: fake_record(*run.id.split("/")[:4], seed=run.seed, top1=tops[run.seed])
+               for run in cfg.expand_runs(config, [study])}
+    metrics, bench, paper, out = study_inputs(config, tmp_path, study, records)
+    written = aggregate.aggregate_study(config, study, metrics, bench, paper, out, tmp_path / "runs.csv",
+                                        tmp_path / "models.csv")
+    row = pd.read_csv(written["seed001_accuracy_cifar10.csv"]).set_index("model").loc["MobileNet"]
+    assert row["test_acc_pct_ours"] == pytest.approx(84.0) and row["test_acc_pct_ours_n"] == 3
+    assert row["test_acc_pct_ours_std"] == pytest.approx(1.0)
+    assert row["test_acc_pct_ours_ci95_low"] == pytest.approx(84 - 4.303 / 3 ** 0.5, abs=1e-3)
+    # 84.18 lies inside 84.0 ± 2.48: with three seeds the interval decides.
+    assert row["test_acc_pct_verdict"] == "agree" and "inside our 95 % interval" in row["test_acc_pct_reason"]
+    # The benchmark measured one run's weights: its numbers count once, not once per seed.
+    seed002 = "seed002_squeezenet_dsc"
+    metrics, bench, paper, out = study_inputs(config, tmp_path / "b", seed002)
+    written = aggregate.aggregate_study(config, seed002, metrics, bench, paper, out, tmp_path / "r2.csv",
+                                        tmp_path / "m2.csv")
+    times = pd.read_csv(written["seed002_table7_cifar10_times.csv"])
+    assert (times["cpu_time_ms_mean_ours_n"] == 1).all()
+    accuracy = pd.read_csv(written["seed002_table6_cifar10.csv"])
+    assert (accuracy["top1_acc_pct_ours_n"] == 3).all() and (accuracy["size_MB_ours_n"] == 1).all()
+
+
+def test_partial_results_mark_failed_not_run_and_diverged_runs(raw_config, tmp_path):
+    config = cfg.validate(raw_config)
+    study = "seed002_squeezenet_dsc"
+    runs = {run.model + "/" + run.dataset: run for run in cfg.expand_runs(config, [study])}
+    diverged = runs["mobilenet/cifar10"]
+    records = {diverged.id: {"status": "diverged", "run_id": diverged.id, "epochs_run": 3,
+                             "settings": fake_record(*diverged.id.split("/")[:4])["settings"]}}
+    metrics, bench, paper, out = study_inputs(config, tmp_path, study, records)
+    failed, not_run = runs["vgg19/cifar10"], runs["alexnet/cifar10"]
+    logs = {run.id: tmp_path / "logs" / f"{run.id}.log" for run in runs.values()}
+    logs[failed.id].parent.mkdir(parents=True)
+    logs[failed.id].write_text("RuntimeError: CUDA out of memory\n")  # the job ran and failed: its log stays
+    kept = [p for p in metrics if io.read_json(p)["run_id"] not in (failed.id, not_run.id)]
+    # Their benchmarks never ran either (they need the weights).
+    kept_bench = [p for p in bench if io.read_json(p)["model"] not in ("vgg19", "alexnet")
+                  or io.read_json(p)["dataset"] != "cifar10"]
+    with pytest.raises(ValueError, match="no metrics file among the inputs"):
+        aggregate.aggregate_study(config, study, kept, kept_bench, paper, out, tmp_path / "r.csv", tmp_path / "m.csv",
+                                  logs)
+    written = aggregate.aggregate_study(config, study, kept, kept_bench, paper, out, tmp_path / "r.csv",
+                                        tmp_path / "m.csv", logs, partial=True)
+    table6 = pd.read_csv(written["seed002_table6_cifar10.csv"], dtype=str, keep_default_na=False).set_index("model")
+    assert table6.loc["VGG19", "status_ours"] == "failed" and table6.loc["AlexNet", "status_ours"] == "not run"
+    assert table6.loc["MobileNet", "status_ours"] == "diverged" and table6.loc["SqueezeNet", "status_ours"] == "ok"
+    assert table6.loc["VGG19", "top1_acc_pct_ours"] == "" and table6.loc["VGG19", "top1_acc_pct_reason"] == "failed"
+    assert table6.loc["AlexNet", "top1_acc_pct_reason"] == "not run"
+    assert table6.loc["MobileNet", "top1_acc_pct_verdict"] == "not comparable"
+    assert table6.loc["MobileNet", "top1_acc_pct_reason"] == "diverged"
+    assert table6.loc["VGG19", "size_MB_reason"] == "benchmark not run"
+    assert table6.loc["SqueezeNet", "top1_acc_pct_verdict"] in ("agree", "differ")
+    flat = pd.read_csv(written["runs.csv"]).set_index("run_id")
+    assert flat.loc[failed.id, "status"] == "failed" and flat.loc[not_run.id, "status"] == "not run"
+    assert flat.loc[failed.id, "log"] == str(logs[failed.id])
+
+
+LAYOUT_CSV = "model,dataset,acc,size\nA,CIFAR-10,89.10,2.99\nA,CIFAR-100,70.00,3.10\nB,CIFAR-10,80.00,1.08\n"
+
+
+@pytest.mark.parametrize("layout, words", [
+    ({"rows": ["modell"]}, r"layout.rows\[0\].*'modell' is neither 'metric' nor a key column.*model, dataset"),
+    ({"rows": ["model"], "columns": ["model"]}, "'model' is in both rows and columns"),
+    ({"rows": ["model"], "columns": ["dataset"]}, "prints 2 metrics .* neither rows nor columns has 'metric'"),
+    ({"rows": ["metric"], "columns": ["model"]}, "lines 2 and 3 .* fall in the same cell .*add the key column"),
+    ({"units": {"accuracy": "%"}}, "layout.units.accuracy.*not a metric column"),
+    ({"plus_minus": {"acc": "std"}}, "layout.plus_minus.acc.*'std' is not a metric column"),
+])
+def test_a_layout_that_cannot_print_the_table_is_an_error_naming_the_key(tmp_path, layout, words):
+    path = tmp_path / "t.csv"
+    path.write_text(LAYOUT_CSV)
+    table = {"file": str(path), "metrics": {"acc": "test_top1_pct", "size": "size_MB_paper_unit"}, "layout": layout}
+    records = pd.read_csv(path, dtype=str).to_dict("records")
+    with pytest.raises(ValueError, match=words):
+        aggregate.check_layout(table, "studies.s.tables[0]", path, ["model", "dataset"], ["acc", "size"], records)
+
+
+def test_a_bad_layout_in_the_config_stops_before_any_job(raw_config):
+    raw_config["studies"]["seed003_kmnist_fcnn_cnn"]["tables"][0]["layout"] = {"rows": ["klass"],
+                                                                              "columns": ["experiment"]}
+    with pytest.raises(cfg.ConfigError, match=r"studies.seed003_kmnist_fcnn_cnn.tables\[0\].layout.rows\[0\].*'klass'"):
+        cfg.validate(raw_config)
+
+
+def test_default_layout_rows_are_the_key_columns_that_vary(raw_config):
+    config = cfg.validate(cfg.deep_merge(raw_config, cfg.load_yaml(REPO / "tests" / "data" / "sixth_study.yaml")))
+    table = config["studies"]["tiny_mnist_fcnn_vs_cnn"]["tables"][0]
+    records = pd.read_csv(cfg.paper_table_path(config, table), dtype=str).to_dict("records")
+    assert aggregate.layout_dims(table, ["source", "model"], records) == (["model"], ["metric"])

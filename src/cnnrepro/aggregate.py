@@ -8,7 +8,13 @@ deviations from the paper on the whole table, a metric column, a row or one cell
 
 Every file comes in as a path the workflow rule names (workflow/rules/); nothing here derives a path.
 Each metrics and benchmark file is identified by what it says it is, and a configured run or benchmark
-without its file, or a file the config does not define, is an error rather than an empty cell.
+without its file, or a file the config does not define, is an error rather than an empty cell, except in
+a partial aggregation (``partial=True``, after a workflow that ended with failed jobs): there a run without
+its metrics is ``failed`` when its job left a log and ``not run`` otherwise, and its cells say so.
+
+Each study is aggregated on its own (:func:`aggregate_study`), so one study's tables never wait for another's
+runs. Our number in a cell is the mean over the runs the row selects (seeds are a grid axis), with their
+standard deviation, count and 95 % interval, and a verdict against the paper's (cnnrepro.verdicts).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import pandas as pd
 
 from cnnrepro import config as cfg
 from cnnrepro import io
+from cnnrepro import verdicts as vd
 
 log = logging.getLogger("cnnrepro.aggregate")
 
@@ -32,7 +39,16 @@ RUN_FIELDS = ("study", "dataset", "model", "freeze", "variant", "seed")
 BENCH_FIELDS = ("study", "dataset", "model", "freeze")
 BENCH_KINDS = ("cpu", "gpu")
 # What a paper table's output adds after its key and metric columns.
-EXTRA_COLUMNS = ("runs_ours", "device_ours", "deviations_ours", "notes")
+EXTRA_COLUMNS = ("runs_ours", "status_ours", "device_ours", "deviations_ours", "notes")
+# Per metric column m: m_paper (as printed), then our mean, std, count and 95 % interval, the verdict and its reason.
+METRIC_SUFFIXES = ("_paper", "_ours", "_ours_std", "_ours_n", "_ours_ci95_low", "_ours_ci95_high", "_verdict",
+                   "_reason")
+# A run's status: its record says ok or diverged; without a record its job failed (it left a log) or never ran.
+STATUSES = ("ok", "diverged", "failed", "not run")
+# Summary fields measured by the model's benchmark on the CPU (size and FLOPs too) and on the GPU.
+CPU_BENCH_FIELDS = ("size_MiB", "size_MB_1024000", "size_MB_paper_unit", "state_dict_MiB", "flops_forward",
+                    "cpu_time_ms_mean", "cpu_time_ms_std", "cpu_latency_median_ms")
+GPU_BENCH_FIELDS = ("gpu_time_ms_mean", "gpu_time_ms_std", "gpu_latency_median_ms")
 PathLike = str | Path
 # Every number summarize writes: what a paper table's ``metrics`` may name (the run's identity, settings and
 # device names are in the summary too, but they select runs or label them; they are not compared).
@@ -73,7 +89,12 @@ def summarize(record: dict, bench_cpu: dict | None = None, bench_gpu: dict | Non
                train_seconds=record.get("train_seconds"), device_name=record.get("device_name"),
                # The speed switches in effect that compute differently from the papers' fp32 training;
                # records from before they were recorded (or without them) count as faithful.
-               deviations=list((record.get("speed") or {}).get("deviations") or []))
+               deviations=list((record.get("speed") or {}).get("deviations") or []),
+               # Provenance of the run, for the report's run list.
+               run_id=record.get("run_id") or settings.get("run_id"), device=record.get("device"),
+               precision=((record.get("speed") or {}).get("numerics") or {}).get("precision"),
+               torch_version=record.get("torch_version"), python_version=record.get("python_version"),
+               threads=record.get("threads"), host=record.get("host"))
     if record.get("status") == "ok":
         test = record["test"]
         out.update(
@@ -161,18 +182,64 @@ def _check_complete(found: dict, expected: Iterable[Hashable], what: str, of: st
                          f"{what} file per configured {of}")
 
 
-def load_summaries(config: dict, metrics: Iterable[PathLike], bench: Iterable[PathLike]) -> list[dict]:
-    """One summary per configured run, in config order, from exactly the given files."""
-    runs = cfg.expand_runs(config)
+def _when(timestamp: float) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
+
+
+def missing_status(log_path: PathLike | None) -> str:
+    """What a configured run without a metrics record is: ``failed`` when its job ran (it left a non-empty log;
+    Snakemake removes the outputs of a failed job) and ``not run`` otherwise."""
+    if log_path is not None and Path(log_path).is_file() and Path(log_path).stat().st_size > 0:
+        return "failed"
+    return "not run"
+
+
+def load_summaries(config: dict, metrics: Iterable[PathLike], bench: Iterable[PathLike],
+                   studies: Iterable[str] | None = None, logs: Mapping[str, PathLike] | None = None,
+                   partial: bool = False) -> list[dict]:
+    """One summary per configured run of ``studies`` (all when None), in config order, from exactly the given
+    files. ``logs`` maps run ids to their training logs (linked from the report). ``partial``: a run without its
+    metrics file gets a summary without numbers whose status says why (:func:`missing_status`), a benchmark
+    without its record leaves its fields empty with the reason ``benchmark not run``."""
+    studies = list(config["studies"]) if studies is None else list(studies)
+    runs = cfg.expand_runs(config, studies)
+    logs = dict(logs or {})
     records = _by_identity(metrics, metrics_identity, "metrics")
-    _check_complete(records, (run.id for run in runs), "metrics", "run")
     benches = _by_identity(bench, bench_identity, "benchmark")
-    _check_complete(benches, benchmarks(config), "benchmark", "benchmark")
+    expected_bench = [key for key in benchmarks(config) if key[0] in studies]
+    if partial:  # files of runs the config does not define are still an error; missing ones are not
+        known = {run.id for run in runs}
+        _check_complete(records, [k for k in records if k in known], "metrics", "run")
+        _check_complete(benches, [k for k in expected_bench if k in benches], "benchmark", "benchmark")
+    else:
+        _check_complete(records, (run.id for run in runs), "metrics", "run")
+        _check_complete(benches, expected_bench, "benchmark", "benchmark")
+    benchmarked = cfg.benchmarked_runs(config)
     summaries = []
     for run in runs:
         key = (run.study, run.dataset, run.model, run.freeze)
-        cpu, gpu = (benches[(*key, kind)][1] if (*key, kind) in benches else None for kind in BENCH_KINDS)
-        summaries.append(summarize(records[run.id][1], cpu, gpu))
+        # A benchmark measures the weights of one run (the first variant and seed): its numbers are that run's,
+        # not repeated over seeds they were not measured on.
+        measured_here = key in benchmarked and benchmarked[key].id == run.id
+        cpu, gpu = (benches[(*key, kind)][1] if measured_here and (*key, kind) in benches else None
+                    for kind in BENCH_KINDS)
+        if run.id in records:
+            path, record = records[run.id]
+            summary = summarize(record, cpu, gpu)
+            finished = path.stat().st_mtime
+            summary["finished_at"] = _when(finished)
+            if record.get("train_seconds") is not None:
+                summary["started_at"] = _when(finished - float(record["train_seconds"]))
+        else:
+            summary = summarize({"status": missing_status(logs.get(run.id)), "run_id": run.id,
+                                 "settings": cfg.run_settings(config, run)}, cpu, gpu)
+        for kind, record in (("cpu", cpu), ("gpu", gpu)):
+            if record is None and measured_here and f"{kind}_not_measured" not in summary:
+                summary[f"{kind}_not_measured"] = "benchmark not run"
+        summary["log"] = str(logs[run.id]) if run.id in logs else None
+        summaries.append(summary)
     return summaries
 
 
@@ -456,6 +523,7 @@ def check_paper_table(config: dict, study: str, index: int) -> None:
                                      "(decimal point, no thousands separator or unit), or is empty where the paper "
                                      "prints '-'") from None
     place_notes(table, f"{path.name} (study {study})", key_cols, metric_cols, records, field=field)
+    check_layout(table, field, path, key_cols, metric_cols, records)
 
 
 def check_paper_tables(config: dict) -> None:
@@ -471,6 +539,76 @@ def split_columns(table: dict, columns: list[str]) -> tuple[list[str], list[str]
     # A shared metrics map may name columns this particular table does not print.
     metric_cols = [m for m in table["metrics"] if m in columns]
     return metric_cols, [c for c in columns if c not in metric_cols]
+
+
+# --- layout: how the paper printed a table (studies.<name>.tables[i].layout; defaults in the schema) ---
+
+METRIC_DIM = "metric"  # the layout dimension of the metric columns
+
+
+def layout_dims(table: dict, key_cols: list[str], records: list[dict]) -> tuple[list[str], list[str]]:
+    """(row dimensions, column dimensions) of a table as printed: ``layout.rows`` (null: the key columns whose
+    value varies, other than the column dimensions) and ``layout.columns``."""
+    layout = table.get("layout") or {}
+    columns = list(layout.get("columns") or [METRIC_DIM])
+    rows = layout.get("rows")
+    if rows is None:
+        rows = [c for c in key_cols if c not in columns and len({str(r[c]) for r in records}) > 1]
+    return list(rows), columns
+
+
+def shown_metrics(table: dict, metric_cols: list[str]) -> list[str]:
+    """The metric columns printed as cells of their own: not the spreads printed after their mean (``± x``)."""
+    spreads = {spread for mean, spread in ((table.get("layout") or {}).get("plus_minus") or {}).items()
+               if mean in metric_cols}
+    return [m for m in metric_cols if m not in spreads]
+
+
+def check_layout(table: dict, field: str, path: Path, key_cols: list[str], metric_cols: list[str],
+                 records: list[dict]) -> None:
+    """The table's layout names its columns and puts every number in a cell of its own (a ValueError starting
+    ``at '<field>...':`` otherwise)."""
+    layout = table.get("layout") or {}
+    mapped = list(table["metrics"])
+    rows, columns = layout_dims(table, key_cols, records)
+    if METRIC_DIM in key_cols:
+        raise ValueError(f"at '{field}.file': {path} has a key column named '{METRIC_DIM}', the name the layout "
+                         "uses for the metric columns; rename it in the CSV")
+    for where, dims in (("rows", rows), ("columns", columns)):
+        for j, dim in enumerate(dims):
+            if dim != METRIC_DIM and dim not in key_cols:
+                raise ValueError(f"at '{field}.layout.{where}[{j}]': '{dim}' is neither '{METRIC_DIM}' nor a key column "
+                                 f"of {path}; its key columns: {', '.join(key_cols) or 'none'}")
+    both = [d for d in rows if d in columns]
+    if both:
+        raise ValueError(f"at '{field}.layout': '{both[0]}' is in both rows and columns; a dimension goes in one")
+    shown = shown_metrics(table, metric_cols)
+    if METRIC_DIM not in (*rows, *columns) and len(shown) > 1:
+        raise ValueError(f"at '{field}.layout': the table prints {len(shown)} metrics ({', '.join(shown)}) but "
+                         f"neither rows nor columns has '{METRIC_DIM}'; add it to one of them")
+    listed = [d for d in (*rows, *columns) if d != METRIC_DIM]
+    seen: dict[tuple, int] = {}
+    for i, record in enumerate(records):
+        key = tuple(record[c] for c in listed)
+        if key in seen:
+            cells = ", ".join(f"{c}={record[c]}" for c in listed) or "no key column"
+            raise ValueError(f"at '{field}.layout': lines {seen[key] + 2} and {i + 2} of {path} fall in the same cell "
+                             f"({cells}); add the key column that tells them apart to rows or columns")
+        seen[key] = i
+    for name in ("units", "decimals", "plus_minus"):
+        for metric in layout.get(name) or {}:
+            if metric not in mapped:
+                raise ValueError(f"at '{field}.layout.{name}.{metric}': '{metric}' is not a metric column of the "
+                                 f"table (under metrics); its metric columns: {', '.join(mapped)}")
+    for mean, spread in (layout.get("plus_minus") or {}).items():
+        if mean in metric_cols and spread not in metric_cols:
+            raise ValueError(f"at '{field}.layout.plus_minus.{mean}': '{spread}' is not a metric column of {path}; "
+                             f"its metric columns: {', '.join(metric_cols)}")
+    for name in ("kinds", "not_comparable"):
+        for metric in table.get(name) or {}:
+            if metric not in mapped:
+                raise ValueError(f"at '{field}.{name}.{metric}': '{metric}' is not a metric column of the table "
+                                 f"(under metrics); its metric columns: {', '.join(mapped)}")
 
 
 def _distinct(values: Iterable[Any]) -> list[str]:
@@ -489,38 +627,95 @@ def _devices(runs: list[dict], fields: list[str]) -> list[str]:
     return _distinct(names)
 
 
-def paper_table(table: dict, study: str, summaries: list[dict], paper_csv: PathLike) -> pd.DataFrame:
-    """The paper's table with its key columns, then ``m_paper`` and ``m_ours`` for each metric ``m``, then
-    ``runs_ours``, ``device_ours``, ``deviations_ours`` and ``notes``."""
+def _status_text(runs: list[dict]) -> str:
+    """The statuses of a row's runs: one word when they agree (``ok``), else counts (``ok 2, failed 1``)."""
+    counts = {status: sum(r.get("status") == status for r in runs) for status in STATUSES}
+    present = {status: n for status, n in counts.items() if n}
+    if not present:
+        return ""
+    if len(present) == 1:
+        return next(iter(present))
+    return ", ".join(f"{status} {n}" for status, n in present.items())
+
+
+def _unavailable(runs: list[dict], field: str | None, source: str | None) -> str:
+    """Why a row has no number of ours for ``field``."""
+    if source is None:
+        return "not computed by this workflow"
+    if not runs:
+        return "no configured run matches this row"
+    base = vd.field_base(field)
+    for kind, fields in (("gpu", GPU_BENCH_FIELDS), ("cpu", CPU_BENCH_FIELDS)):
+        if base in fields:
+            reasons = _distinct(r.get(f"{kind}_not_measured") for r in runs)
+            if reasons:
+                return "; ".join("no GPU here" if "no CUDA device" in reason else reason for reason in reasons)
+    if not any(r.get("status") == "ok" for r in runs):
+        return _status_text(runs)
+    return "not measured by our runs"
+
+
+def paper_table(table: dict, study: str, summaries: list[dict], paper_csv: PathLike,
+                rules: Mapping[str, dict] | None = None) -> pd.DataFrame:
+    """The paper's table with its key columns, then for each metric ``m`` the printed ``m_paper``, our mean
+    ``m_ours`` with ``m_ours_std``, ``m_ours_n`` and the 95 % interval ``m_ours_ci95_low``/``_high`` over the
+    runs that have it, ``m_verdict`` and ``m_reason``; then ``runs_ours``, ``status_ours``, ``device_ours``,
+    ``deviations_ours`` and ``notes``. ``rules``: the study's verdict rules (the schema's defaults when None)."""
     paper = pd.read_csv(paper_csv, dtype=str, keep_default_na=False)
     clash = [c for c in EXTRA_COLUMNS if c in paper.columns]
     if clash:
         raise ValueError(f"paper table {paper_csv} has a column '{clash[0]}', a name the output uses for its own "
                          "column; rename it in the CSV")
+    rules = rules if rules is not None else vd.default_rules()
     metric_cols, key_cols = split_columns(table, list(paper.columns))
     records = paper.to_dict("records")
     notes = place_notes(table, f"{Path(paper_csv).name} (study {study})", key_cols, metric_cols, records)
-    rows = []
+    row_dims, column_dims = layout_dims(table, key_cols, records)
+    shown_keys = [d for d in (*row_dims, *column_dims) if d != METRIC_DIM]
+    rows: list[dict] = []
+    cells: dict[str, list[vd.Cell]] = {m: [] for m in metric_cols}
     for i, record in enumerate(records):
         selector = row_selector(table, record)
         runs = matching(summaries, study, selector) if selector is not None else []
-        out = {c: record[c] for c in key_cols}
+        out: dict[str, Any] = {c: record[c] for c in key_cols}
         fields = []
         for metric in metric_cols:
             source = table["metrics"][metric]
-            ours = None
-            if source and runs:
-                fields.append(source.format(**record))
-                ours = _round(_mean([cfg.get_path(r, fields[-1]) for r in runs]))
-            out[f"{metric}_paper"] = record[metric]
-            out[f"{metric}_ours"] = ours
+            field = source.format(**record) if source else None
+            stats = vd.Stats()
+            if field and runs:
+                fields.append(field)
+                stats = vd.Stats.of(cfg.get_path(r, field) for r in runs)
+            kind, _ = vd.metric_kind(table, metric)
+            across = rules[kind]["across"] if kind in rules else "model"
+            ranked_by = vd.across_columns(table, key_cols, across)
+            group = tuple(record[c] for c in shown_keys if c not in ranked_by) if ranked_by else None
+            cells[metric].append(vd.Cell(record[metric], stats, None if stats.n else _unavailable(runs, field, source),
+                                         group=group))
+            out.update({f"{metric}_paper": record[metric], f"{metric}_ours": _round(stats.mean),
+                        f"{metric}_ours_std": _round(stats.std), f"{metric}_ours_n": stats.n,
+                        f"{metric}_ours_ci95_low": _round(stats.low), f"{metric}_ours_ci95_high": _round(stats.high)})
         out["runs_ours"] = len(runs)
+        out["status_ours"] = _status_text(runs)
         out["device_ours"] = "; ".join(_devices(runs, fields))
         out["deviations_ours"] = ", ".join(_distinct(d for r in runs for d in r.get("deviations") or []))
         out["notes"] = notes.describe(i)
         rows.append(out)
-    return pd.DataFrame(rows, columns=[*key_cols, *(f"{m}_{side}" for m in metric_cols for side in ("paper", "ours")),
-                                       *EXTRA_COLUMNS])
+    units = (table.get("layout") or {}).get("units") or {}
+    for metric in metric_cols:
+        kind, scale = vd.metric_kind(table, metric)
+        unit = "pp" if kind == "accuracy" and scale == 1.0 else units.get(metric, "")
+        vd.judge_column(cells[metric], rules.get(kind) if kind else None, kind, scale,
+                        (table.get("not_comparable") or {}).get(metric), unit)
+        for out, cell in zip(rows, cells[metric]):
+            out[f"{metric}_verdict"], out[f"{metric}_reason"] = cell.verdict, cell.reason
+    columns = [*key_cols, *(f"{m}{suffix}" for m in metric_cols for suffix in METRIC_SUFFIXES), *EXTRA_COLUMNS]
+    return pd.DataFrame(rows, columns=columns)
+
+
+# The first columns of runs.csv: what a run is, how it ended, where and in what it computed, and its log.
+RUN_COLUMNS = ["run_id", *RUN_FIELDS, "status", "device", "device_name", "precision", "deviations", "epochs_run",
+               "train_seconds", "started_at", "finished_at", "log"]
 
 
 def flat_runs(summaries: list[dict]) -> pd.DataFrame:
@@ -530,7 +725,9 @@ def flat_runs(summaries: list[dict]) -> pd.DataFrame:
         row["deviations"] = ", ".join(s.get("deviations") or [])
         row.update({f"recipe.{k}": v for k, v in s.get("recipe", {}).items() if not isinstance(v, (list, dict))})
         rows.append(row)
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    first = [c for c in RUN_COLUMNS if c in frame]
+    return frame[[*first, *(c for c in frame.columns if c not in first)]]
 
 
 MODEL_COLUMNS = ["params_count", "params_trainable", "size_MiB", "state_dict_MiB", "flops_forward",
@@ -590,25 +787,95 @@ def _write_csv(frame: pd.DataFrame, path: PathLike) -> Path:
     return Path(path)
 
 
-def aggregate(config: dict, metrics: Iterable[PathLike], bench: Iterable[PathLike],
-              paper_tables: Mapping[str, PathLike], tables_out: Mapping[str, PathLike],
-              runs_out: PathLike, models_out: PathLike) -> dict[str, Path]:
-    """Write every paper table with our numbers, runs.csv and models.csv; returns name -> written path.
+def study_tables(config: dict, study: str) -> list[str]:
+    """The names of ``study``'s paper tables, in config order."""
+    return [table_name(config, table) for table in config["studies"][study]["tables"]]
 
-    ``metrics`` and ``bench`` are every run's metrics.json and every benchmark's record; ``paper_tables``
-    and ``tables_out`` map each table name (its CSV's file name) to the paper's CSV and to the output.
-    """
-    check_table_files(config, paper_tables, "paper_tables")
-    check_table_files(config, tables_out, "tables_out")
-    check_paper_tables(config)  # as at start-up: a CSV edited since then fails here, before any input is read
-    summaries = load_summaries(config, metrics, bench)
+
+def _check_study_files(config: dict, study: str, files: Mapping[str, PathLike], what: str) -> None:
+    names = study_tables(config, study)
+    extra = sorted(set(files) - set(names))
+    if extra:
+        raise ValueError(f"{what} names table '{extra[0]}' ({files[extra[0]]}), which is not a table of study "
+                         f"{study}; expected only: {', '.join(names) or 'none'}")
+    missing = [name for name in names if name not in files]
+    if missing:
+        raise ValueError(f"{what} has no file for paper table '{missing[0]}' of study {study}; expected one per "
+                         "configured table")
+
+
+def aggregate_study(config: dict, study: str, metrics: Iterable[PathLike], bench: Iterable[PathLike],
+                    paper_tables: Mapping[str, PathLike], tables_out: Mapping[str, PathLike], runs_out: PathLike,
+                    models_out: PathLike, logs: Mapping[str, PathLike] | None = None,
+                    partial: bool = False) -> dict[str, Path]:
+    """Write ``study``'s paper tables with our numbers and verdicts, and its runs.csv and models.csv; returns
+    name -> written path. ``metrics`` and ``bench`` are the study's metrics.json and benchmark records,
+    ``paper_tables`` and ``tables_out`` map each of its table names to the paper's CSV and to the output, ``logs``
+    its run ids to their training logs; ``partial`` tolerates missing records (see :func:`load_summaries`)."""
+    _check_study_files(config, study, paper_tables, "paper_tables")
+    _check_study_files(config, study, tables_out, "tables_out")
+    for index in range(len(config["studies"][study]["tables"])):
+        check_paper_table(config, study, index)  # as at start-up: a CSV edited since then fails before any input
+    summaries = load_summaries(config, metrics, bench, [study], logs, partial)
+    rules = vd.study_rules(config, study)
     written = {}
-    for study, table in configured_tables(config):
+    for table in config["studies"][study]["tables"]:
         name = table_name(config, table)
-        frame = paper_table(table, study, summaries, paper_tables[name])
+        frame = paper_table(table, study, summaries, paper_tables[name], rules)
         written[name] = _write_csv(frame, tables_out[name])
         log.info("wrote %s (%d rows, %d with our numbers)", written[name], len(frame),
                  int((frame["runs_ours"] > 0).sum()))
     written["runs.csv"] = _write_csv(flat_runs(summaries), runs_out)
     written["models.csv"] = _write_csv(model_comparison(summaries), models_out)
+    return written
+
+
+def gather(parts: Iterable[PathLike], out: PathLike) -> Path:
+    """Concatenate per-study CSVs (runs.csv or models.csv) into one, columns in order of first appearance."""
+    frames = [pd.read_csv(path, dtype=str, keep_default_na=False) for path in parts]
+    frames = [frame for frame in frames if len(frame.columns)]
+    frame = pd.concat(frames, ignore_index=True, sort=False).fillna("") if frames else pd.DataFrame()
+    return _write_csv(frame, out)
+
+
+def gather_tables(runs: Iterable[PathLike], models: Iterable[PathLike], runs_out: PathLike,
+                  models_out: PathLike) -> None:
+    """Every study's runs.csv and models.csv gathered into one of each."""
+    gather(runs, runs_out)
+    gather(models, models_out)
+    log.info("wrote %s and %s", runs_out, models_out)
+
+
+def aggregate(config: dict, metrics: Iterable[PathLike], bench: Iterable[PathLike],
+              paper_tables: Mapping[str, PathLike], tables_out: Mapping[str, PathLike],
+              runs_out: PathLike, models_out: PathLike, logs: Mapping[str, PathLike] | None = None,
+              partial: bool = False) -> dict[str, Path]:
+    """Every study at once (:func:`aggregate_study` per study, its files picked from the given ones by what they
+    say they are), then runs.csv and models.csv of all studies; returns name -> written path."""
+    check_table_files(config, paper_tables, "paper_tables")
+    check_table_files(config, tables_out, "tables_out")
+    check_paper_tables(config)  # as at start-up: a CSV edited since then fails here, before any input is read
+    metrics, bench = list(metrics), list(bench)
+    # Which study each file belongs to, by its content; a file of no configured study fails in load_summaries.
+    study_of_metrics = {Path(p): io.read_json(p)["settings"]["study"] for p in metrics}
+    study_of_bench = {Path(p): io.read_json(p)["study"] for p in bench}
+    unknown = [p for p, s in {**study_of_metrics, **study_of_bench}.items() if s not in config["studies"]]
+    if unknown:
+        load_summaries(config, metrics, bench, partial=partial)  # raises, naming the file
+    written: dict[str, Path] = {}
+    parts: dict[str, list[Path]] = {"runs": [], "models": []}
+    folder = Path(runs_out).parent
+    for study in config["studies"]:
+        names = study_tables(config, study)
+        runs_part, models_part = folder / f".{study}.runs.csv", folder / f".{study}.models.csv"
+        written.update(aggregate_study(
+            config, study, [p for p in metrics if study_of_metrics[Path(p)] == study],
+            [p for p in bench if study_of_bench[Path(p)] == study], {n: paper_tables[n] for n in names},
+            {n: tables_out[n] for n in names}, runs_part, models_part, logs, partial))
+        parts["runs"].append(runs_part)
+        parts["models"].append(models_part)
+    written["runs.csv"] = gather(parts["runs"], runs_out)
+    written["models.csv"] = gather(parts["models"], models_out)
+    for path in (*parts["runs"], *parts["models"]):
+        path.unlink(missing_ok=True)
     return written

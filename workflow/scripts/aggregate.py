@@ -1,8 +1,8 @@
-"""Aggregate every run and benchmark into the paper tables and flat tables."""
-from cnnrepro.aggregate import aggregate
+"""Aggregate one study's runs and benchmarks into its paper tables (with verdicts) and its runs and models."""
+from cnnrepro.aggregate import aggregate_study
 from cnnrepro.logs import job_log
 
 sm = snakemake  # noqa: F821
 with job_log(sm.log[0]):
-    aggregate(sm.config, sm.input.metrics, sm.input.bench, sm.params.paper_tables, sm.params.tables,
-              sm.output.runs, sm.output.models)
+    aggregate_study(sm.config, sm.params.study, sm.input.metrics, sm.input.bench, sm.params.paper_tables,
+                    sm.params.tables, sm.output.runs, sm.output.models, sm.params.logs)

@@ -15,10 +15,14 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/benchmark.smk"
 include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/figures.smk"
 include: "workflow/rules/report.smk"
 
 
 rule all:
     default_target: True
     input:
-        rules.report_html.output,
+        # the full report and every study's own page (HTML, LaTeX, and PDF when pdflatex is installed)
+        report_targets(),
+        # every study's figures (cnnrepro.figures.plan)
+        all_figures(),

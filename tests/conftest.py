@@ -69,6 +69,16 @@ def torch_globals_restored():
     torch.set_rng_state(rng)
 
 
+# ---- The local smoke run, once per session: test_e2e checks it, test_slurm compares a SLURM run with it.
+@pytest.fixture(scope="session")
+def smoke(tmp_path_factory):
+    """`snakemake --cores 2` on the smoke preset and the sixth study, in a copy of the workflow:
+    (workdir, validated config, results directory)."""
+    from tests.test_e2e import local_smoke_run
+
+    return local_smoke_run(tmp_path_factory.mktemp("smoke"))
+
+
 @pytest.fixture(scope="module")
 def data_file(tmp_path_factory) -> Path:
     """A small synthetic MNIST as the compact file training reads (256 train, 128 test images)."""

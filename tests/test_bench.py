@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -321,3 +322,52 @@ def test_paper_examples_are_transformed_one_at_a_time(tmp_path):
     assert len(examples) == 25 and len(batches) == 25 and examples.shape_chw == (3, 64, 64)
     assert all(b.shape == (1, 3, 64, 64) and b.dtype == torch.float32 for b in batches)
     assert examples.images.dtype == torch.uint8  # what is held between examples is the compact uint8 test set
+
+
+# ----------------------------------------------------------------------------- the workflow's job (cnnrepro.bench_job)
+
+_RUN = {"study": "s", "dataset": "mnist", "model": "cnn", "freeze": "none", "run_id": "s/mnist/cnn/none/base/seed0"}
+
+
+def test_a_gpu_job_on_a_machine_without_a_gpu_never_imports_torch(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "gpu.json"
+    code = ("import sys; from cnnrepro.bench_job import benchmark_job; "
+            f"benchmark_job({_RUN!r}, 'no-weights.pt', 'no-data.pt', 'gpu', {{}}, {str(out)!r}); "
+            "print('torch' in sys.modules)")
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # no GPU, whatever this machine has
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False", done.stderr
+    expected = bench.not_measured_record("not measured: no CUDA device", "gpu")
+    assert json.loads(out.read_text()) == {**expected, **{k: _RUN[k] for k in ("study", "dataset", "model", "freeze")},
+                                            "weights_of_run": _RUN["run_id"]}
+
+
+def test_the_gpu_record_without_torch_equals_the_one_torch_decides(tmp_path, monkeypatch):
+    from cnnrepro import bench_job
+
+    monkeypatch.setattr(bench_job, "no_gpu_on_this_machine", lambda: True)
+    cheap = bench_job.benchmark_job(_RUN, "w.pt", "d.pt", "gpu", {}, tmp_path / "cheap.json")
+    monkeypatch.setattr(bench_job, "no_gpu_on_this_machine", lambda: False)  # "maybe a GPU": torch is asked
+    monkeypatch.setattr(bench.devices, "cuda_available", lambda: False)
+    asked = bench_job.benchmark_job(_RUN, "w.pt", "d.pt", "gpu", {}, tmp_path / "asked.json")
+    assert cheap == asked
+    assert (tmp_path / "cheap.json").read_bytes() == (tmp_path / "asked.json").read_bytes()
+
+
+def test_no_gpu_is_decided_from_the_environment_and_the_driver_device_files(monkeypatch):
+    from cnnrepro import bench_job
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert bench_job.no_gpu_on_this_machine()
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    monkeypatch.setattr(bench_job.sys, "platform", "linux")
+    monkeypatch.setattr(bench_job.os.path, "exists", lambda path: path == "/dev/nvidiactl")
+    assert not bench_job.no_gpu_on_this_machine()  # an NVIDIA driver: torch decides
+    monkeypatch.setattr(bench_job.os.path, "exists", lambda path: False)
+    assert bench_job.no_gpu_on_this_machine()
+    monkeypatch.setattr(bench_job.sys, "platform", "win32")  # no device files to look at: torch decides
+    assert not bench_job.no_gpu_on_this_machine()

@@ -13,8 +13,8 @@ import pytest
 from cnnrepro import config as cfg
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ["Snakefile", "config.yaml", "workflow", "presets", "paper_tables", "report", "profiles", "envs", "src",
-                  "tests/data"]
+WORKFLOW_FILES = ["Snakefile", "config.yaml", "workflow", "presets", "paper_tables", "authors", "report", "profiles",
+                  "envs", "src", "tests/data"]
 # One real snakemake run covers the smoke preset and a sixth study added by configuration only.
 CONFIGFILES = ("presets/smoke.yaml", "tests/data/sixth_study.yaml")
 SIXTH = "tiny_mnist_fcnn_vs_cnn"
@@ -47,9 +47,9 @@ def working_directory(path: Path):
         os.chdir(before)
 
 
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    workdir = copy_workflow(tmp_path_factory.mktemp("smoke"))
+def local_smoke_run(workdir: Path):
+    """The `smoke` fixture (tests/conftest.py, one run per session, also test_slurm's local reference)."""
+    workdir = copy_workflow(workdir)
     result = snakemake(workdir, "--cores", "2", "--configfile", *CONFIGFILES)
     assert result.returncode == 0, result.stderr[-4000:]
     config = cfg.load_yaml(workdir / "config.yaml")
@@ -124,7 +124,7 @@ def test_a_study_added_by_configuration_only_gets_its_table(smoke):
         assert int(frame.loc[row, "params_ours"]) == metrics["params_total"]
         assert float(frame.loc[row, "test_acc_pct_ours"]) == pytest.approx(100 * metrics["test"]["top1"], abs=1e-3)
     assert not (results / "bench" / SIXTH).exists()  # benchmark: false
-    assert "tiny\\_table.csv" in (results / "report" / "tables.tex").read_text()
+    assert "tiny\\_table.csv" in (results / "report" / "report.tex").read_text()
     assert SIXTH in (results / "report" / "index.html").read_text()
 
 
@@ -148,8 +148,42 @@ def test_report_names_every_study_and_latex_has_booktabs(smoke):
     for name, study in config["studies"].items():
         assert name in html and study.get("title", name) in html
     assert "<img src=\"data:image/png;base64," in html  # self-contained
-    tex = (results / "report" / "tables.tex").read_text()
-    assert "\\toprule" in tex and "\\bottomrule" in tex and "seed002\\_table6\\_cifar10.csv" in tex
+    tex = (results / "report" / "report.tex").read_text()
+    assert "\\toprule" in tex and "\\bottomrule" in tex and "Tabela 6 of SqueezeNet-DSC dissertation" in tex
+
+
+# --- the report (issue #11): verdicts, per-study pages, the browser and pdflatex on the smoke run's report ---
+
+
+@pytest.mark.e2e
+def test_every_study_has_its_own_page_and_the_tables_carry_verdicts(smoke):
+    _, config, results = smoke
+    for name in config["studies"]:
+        page = (results / "report" / name / "index.html").read_text()
+        summary = "comparable numbers agree" if config["studies"][name]["tables"] else "no paper table configured"
+        assert f'<section id="{name}">' in page and summary in page
+        assert (results / "report" / name / "report.tex").read_text().strip().endswith("\\end{document}")
+    table = pd.read_csv(results / "tables" / "seed002_table7_cifar10_times.csv", dtype=str, keep_default_na=False)
+    assert set(table["gpu_time_ms_mean_reason"]) == {"no GPU here"}
+    assert set(table["gpu_time_ms_mean_verdict"]) == {"not comparable"}
+    assert set(table["cpu_time_ms_mean_verdict"]) <= {"agree", "differ"}  # ranked across the five models
+    params = pd.read_csv(results / "tables" / "seed002_table6_cifar10.csv", dtype=str, keep_default_na=False)
+    assert set(params["params_count_verdict"]) == {"agree"}  # the architectures match the paper's counts
+    assert set(pd.read_csv(results / "tables" / "runs.csv")["status"]) == {"ok"}
+
+
+@pytest.mark.e2e
+def test_the_smoke_report_reads_in_a_browser_and_compiles_to_pdf(smoke, tmp_path):
+    import shutil
+
+    from tests.test_report_browser import check_in_browser
+
+    _, config, results = smoke
+    if shutil.which("pdflatex"):  # the full report's PDF (a study's own is built by its target rule)
+        pdf = results / "report" / "report.pdf"
+        assert pdf.is_file() and pdf.read_bytes().startswith(b"%PDF"), pdf
+    measured = check_in_browser(results / "report" / "index.html", tmp_path)  # skips without Chromium
+    assert int(measured["grid-tables"]) == sum(len(s["tables"]) for s in config["studies"].values())
 
 
 @pytest.mark.e2e

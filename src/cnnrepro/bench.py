@@ -48,7 +48,8 @@ import torch
 from torch import nn
 
 from cnnrepro import device as devices
-from cnnrepro.io import torch_save, write_json
+from cnnrepro.bench_job import NO_CUDA, not_measured_record
+from cnnrepro.io import torch_save
 
 __all__ = [
     "size_record",
@@ -61,7 +62,7 @@ __all__ = [
     "not_measured_record",
     "benchmark_model",
     "run_benchmark",
-    "benchmark_job",
+    "measure_job",
 ]
 
 log = logging.getLogger("cnnrepro.bench")
@@ -517,11 +518,6 @@ def device_record(device: str | torch.device) -> dict:
     return record
 
 
-def not_measured_record(reason: str, device_kind: str) -> dict:
-    """The record written instead of measurements, e.g. for the GPU rule on a machine without CUDA."""
-    return {"measured": False, "reason": reason, "device_kind": device_kind}
-
-
 # --------------------------------------------------------------------------- full record
 
 
@@ -590,14 +586,13 @@ def run_benchmark(
 ) -> dict:
     """``benchmark_model`` on the CPU (kind "cpu") or on ``cuda:0`` (kind "gpu").
 
-    For kind "gpu" without a CUDA device, returns ``not_measured_record("not measured: no CUDA
-    device", "gpu")`` instead of failing.
+    For kind "gpu" without a CUDA device, returns ``not_measured_record(NO_CUDA, "gpu")`` instead of failing.
     """
     if kind == "cpu":
         return benchmark_model(model, input_shape_chw, torch.device("cpu"), settings, paper_inputs, data_parallel)
     if kind == "gpu":
         if not devices.cuda_available():
-            return not_measured_record("not measured: no CUDA device", "gpu")
+            return not_measured_record(NO_CUDA, "gpu")
         return benchmark_model(model, input_shape_chw, torch.device("cuda", 0), settings, paper_inputs, data_parallel)
     raise ValueError(f"kind must be 'cpu' or 'gpu', got {kind!r}")
 
@@ -643,26 +638,23 @@ class PaperExamples:
         return tuple(next(iter(self)).shape[1:])
 
 
-def benchmark_job(settings: dict, weights: str | Path, data: str | Path, kind: str, bench_settings: dict,
-                  out: str | Path) -> dict:
-    """Benchmark one trained run's model on the GPU or the CPU and write the record to ``out``."""
-    ident = {k: settings[k] for k in ("study", "dataset", "model", "freeze")} | {"weights_of_run": settings["run_id"]}
+def measure_job(settings: dict, weights: str | Path, data: str | Path, kind: str, bench_settings: dict) -> dict | None:
+    """Every measurement of one trained run's model on the GPU or the CPU; None for the GPU without a CUDA device.
+
+    The workflow's job (``cnnrepro.bench_job.benchmark_job``) adds the run's fields and writes the record.
+    """
     if kind == "gpu" and not devices.cuda_available():
-        record = not_measured_record("not measured: no CUDA device", "gpu")
-        log.info("GPU benchmark of %s not measured: no CUDA device", settings["run_id"])
-    else:
-        if kind == "gpu":
-            # As in training: TF32 only when the speed block asks for it (torch's own default allows it in cuDNN).
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(settings["speed"]["tf32"])
-        model = load_trained_model(settings, weights)
-        inputs = PaperExamples(settings, data, bench_settings["paper_runs"])
-        options = {**bench_settings, "num_threads": bench_settings["cpu_threads"] if kind == "cpu" else None}
-        log.info("benchmarking %s on %s with %d paper-style examples", settings["run_id"], kind, len(inputs))
-        record = run_benchmark(model, inputs.shape_chw, kind, options, paper_inputs=inputs,
-                               data_parallel=settings["latency_data_parallel"])
-        log.info("median latency %.3f ms (correct), mean %.3f ms (paper-faithful)",
-                 record["latency_correct"]["median_ms"], record["latency_paper"]["mean_ms"])
-        record["numerics"] = numerics(torch.device("cuda", 0) if kind == "gpu" else torch.device("cpu"))
-    record.update(ident)
-    write_json(out, record)
+        return None
+    if kind == "gpu":
+        # As in training: TF32 only when the speed block asks for it (torch's own default allows it in cuDNN).
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(settings["speed"]["tf32"])
+    model = load_trained_model(settings, weights)
+    inputs = PaperExamples(settings, data, bench_settings["paper_runs"])
+    options = {**bench_settings, "num_threads": bench_settings["cpu_threads"] if kind == "cpu" else None}
+    log.info("benchmarking %s on %s with %d paper-style examples", settings["run_id"], kind, len(inputs))
+    record = run_benchmark(model, inputs.shape_chw, kind, options, paper_inputs=inputs,
+                           data_parallel=settings["latency_data_parallel"])
+    log.info("median latency %.3f ms (correct), mean %.3f ms (paper-faithful)",
+             record["latency_correct"]["median_ms"], record["latency_paper"]["mean_ms"])
+    record["numerics"] = numerics(torch.device("cuda", 0) if kind == "gpu" else torch.device("cpu"))
     return record

@@ -173,8 +173,25 @@ def validate(config: dict, schema_path: str | Path = SCHEMA_PATH) -> dict:
     the schema cannot (names defined elsewhere in the config, files). Recipes are checked per run
     (:func:`run_settings`), after grid values are applied."""
     _check_against(config, _schema(schema_path))
+    apply_min_seeds(config)
     check_semantics(config)
     return config
+
+
+# --- seeds: a grid axis every study has (the report shows mean ± std and a 95 % interval over them) ---
+
+
+def apply_min_seeds(config: dict) -> None:
+    """With ``min_seeds`` n, every study runs at least n seeds: its own, then the integers after its largest
+    (seed 003's [42] becomes [42, 43, 44] for n = 3). In place, as the schema's defaults are filled."""
+    wanted = config.get("min_seeds")
+    if not wanted:
+        return
+    for study in config["studies"].values():
+        seeds = list(study["seeds"])
+        while len(seeds) < wanted:
+            seeds.append(max(seeds) + 1)
+        study["seeds"] = seeds
 
 
 def load_config(path: str | Path = "config.yaml", overlays: Iterable[str | Path] = ()) -> dict:

@@ -18,6 +18,7 @@ rule benchmark_gpu:
     resources:
         gpu=gpu_request,
         mem_mb=bench_mem_mb,
+        runtime=bench_runtime("gpu"),
     params:
         settings=bench_settings,
         bench=config["benchmark"],
@@ -40,6 +41,7 @@ use rule benchmark_gpu as benchmark_cpu with:
     resources:
         gpu=0,
         mem_mb=bench_mem_mb,
+        runtime=bench_runtime("cpu"),
     params:
         settings=bench_settings,
         bench=config["benchmark"],

@@ -1,7 +1,10 @@
 """Benchmark one trained model on the GPU or the CPU."""
-from cnnrepro.bench import benchmark_job
+from cnnrepro import gpu_slots
+from cnnrepro.bench_job import benchmark_job
 from cnnrepro.logs import job_log
 
 sm = snakemake  # noqa: F821
 with job_log(sm.log[0]):
+    if sm.params.kind == "gpu":
+        gpu_slots.acquire(sm.params.settings["device"])  # one GPU per job, before torch initialises CUDA
     benchmark_job(sm.params.settings, sm.input.weights, sm.input.data, sm.params.kind, sm.params.bench, sm.output[0])

@@ -112,7 +112,6 @@ def textbook(args: dict) -> dict:
     model = models.build_model(args["model"], 10).to(memory_format=fmt)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     criterion = nn.CrossEntropyLoss()
-    t0 = time.perf_counter()
     for _ in range(args["epochs"]):
         model.train()
         for x, y in train_loader:

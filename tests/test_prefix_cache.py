@@ -55,6 +55,15 @@ def test_a_frozen_prefix_with_batchnorm_caches_only_in_eval_mode():
     assert not refused.use and "BatchNorm runs in train mode" in refused.reason and "(bn1)" in refused.reason
 
 
+def test_batchnorm_without_running_statistics_in_the_prefix_is_refused():
+    settings = make_settings("resnet18", {"bn_frozen": "eval"}, "late", RGB_INPUT)
+    net = models.build_model("resnet18", 10, 3, 32)
+    models.apply_freeze(net, "resnet18", settings["trainable"])
+    net.layer2[0].bn1.track_running_stats = False  # normalises every batch by its own statistics, even in eval
+    plan = feature_cache.plan(settings, net)
+    assert not plan.use and "(layer2.0) normalises with the statistics of each batch" in plan.reason
+
+
 @pytest.mark.parametrize("model, freeze, size, channels_last", [
     ("squeezenet1_1", SEED004_LEVEL2, 48, False),
     ("squeezenet1_1", SEED004_LEVEL2, 48, True),  # the cache keeps the memory format the prefix emits

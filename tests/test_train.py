@@ -489,7 +489,8 @@ def test_the_record_reuses_the_last_epochs_evaluation(eval_split, evaluations, d
 
 
 @pytest.mark.parametrize("recipe, why", [
-    ({"schedule": "keras_plateau", "max_epochs": 3, "monitor": "eval_loss"}, "schedule keras_plateau monitors eval_loss"),
+    ({"schedule": "keras_plateau", "max_epochs": 3, "monitor": "eval_loss"},
+     "schedule keras_plateau monitors eval_loss"),
     ({"select": "best", "epochs": 3}, "select: best compares every epoch"),
 ])
 def test_a_schedule_or_selection_reading_every_evaluation_forces_eval_every_1(recipe, why, data_file, tmp_path,

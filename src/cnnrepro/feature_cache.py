@@ -110,6 +110,11 @@ def plan(settings: dict, model: nn.Module) -> CachePlan:
     if not prefix:
         return CachePlan(f"the first stage of {settings['model']} ({stages[first][0]}) trains (trainable: "
                          f"{settings['trainable']}), so there is no frozen prefix to cache")
+    batch_stats = [name for name, m in prefix
+                   if any(isinstance(b, _BatchNorm) and not b.track_running_stats for b in m.modules())]
+    if batch_stats:
+        return CachePlan(f"BatchNorm in the frozen prefix ({batch_stats[0]}) normalises with the statistics of each "
+                         "batch (track_running_stats off), so its output depends on the batch")
     bn_train = [name for name, m in prefix if any(isinstance(b, _BatchNorm) for b in m.modules())]
     if bn_train and recipe["bn_frozen"] != "eval":
         return CachePlan(f"BatchNorm runs in train mode (recipe.bn_frozen: train), so the frozen prefix's running "

@@ -13,7 +13,6 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 

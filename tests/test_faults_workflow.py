@@ -107,10 +107,11 @@ def tail(path: Path, chars: int = 4000) -> str:
 
 
 def measures_the_machine(column: str) -> bool:
-    """Columns that time the run or name the hardware: they differ between two runs of the same numbers."""
+    """Columns that time the run, stamp its clock or name the hardware: they differ between two runs of the same
+    numbers."""
     tokens = re.split(r"[_.]", column.lower())
     return "ms" in tokens or any(word in column.lower() for word in
-                                 ("time", "seconds", "latency", "peak_memory", "device"))
+                                 ("time", "seconds", "latency", "peak_memory", "device", "started_at", "finished_at"))
 
 
 def comparable(table: Path) -> pd.DataFrame:

@@ -403,6 +403,19 @@ def test_other_write_errors_pass_through_unchanged(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+
+def test_atomic_outputs_get_the_mode_open_would_give_them(tmp_path):
+    # mkstemp makes owner-only files; results and reports are read by others (a group's folder, a web server).
+    old = os.umask(0o027)
+    try:
+        io.write_text(tmp_path / "a.txt", "x")
+        with io.atomic_path(tmp_path / "b.pt") as tmp:
+            torch.save({"w": 1}, tmp)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "b.pt").stat().st_mode & 0o777 == 0o640
+
 # --------------------------------------------------------------------------------------------------------------------
 # 2b. a full disk during training
 # --------------------------------------------------------------------------------------------------------------------

@@ -24,6 +24,13 @@ from typing import Any, Iterator
 DISK_FULL_ERRNOS = frozenset(code for code in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if code is not None)
 
 
+def _file_mode() -> int:
+    """The mode ``open()`` would give a new file: 0o666 less the process umask (mkstemp's own is 0o600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _disk_full_errno(exc: BaseException) -> int | None:
     """ENOSPC/EDQUOT if ``exc`` or an exception it was raised from or during is an OSError with it, else None.
 
@@ -64,6 +71,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         tmp_path = Path(tmp)
+        # Results are shared (a group's project folder, a report served by a web server): not owner-only.
+        os.chmod(tmp_path, _file_mode())
         yield tmp_path
         os.replace(tmp_path, path)
     except BaseException as exc:

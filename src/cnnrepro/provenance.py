@@ -54,7 +54,6 @@ def _version(package: str) -> str:
 def environment(folder: PathLike, config: Mapping[str, Any]) -> dict[str, Any]:
     """The report job's environment: code, configuration, versions, devices and threads."""
     import torch
-    import torchvision
 
     from cnnrepro.device import cpu_name
 
@@ -66,7 +65,7 @@ def environment(folder: PathLike, config: Mapping[str, Any]) -> dict[str, Any]:
         "config_sha256": config_hash(config),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torchvision": _version("torchvision"),
         "cuda": torch.version.cuda or "none (CPU build)",
         "cudnn": str(cudnn) if cudnn else "none",
         "snakemake": _version("snakemake"),

@@ -127,6 +127,21 @@ def test_seed003_histories_are_the_published_runs():
         assert best == hist["epochs"] - 10, name
 
 
+def test_seed003_histories_hold_every_series_the_figure_compares_as_keras_logged_them():
+    import numpy as np
+
+    for name, hist in HISTORY.items():
+        for series in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"):
+            values = hist[series]
+            assert len(values) == hist["epochs"], (name, series)
+            # Keras logs float32 metrics: a digit mistyped in transcription would almost never be a float32 value.
+            assert all(float(np.float32(v)) == v for v in values), (name, series)
+        assert all(0 <= v <= 1 for v in hist["accuracy"] + hist["val_accuracy"]), name
+        assert all(v > 0 for v in hist["loss"]), name
+        # training converges: the last epochs fit the training set better than the first
+        assert hist["loss"][-1] < hist["loss"][0] and hist["accuracy"][-1] > hist["accuracy"][0], name
+
+
 @pytest.mark.parametrize("name", sorted(STOP_EPOCH))
 def test_seed003_replay_stops_at_authors_epoch_with_their_lrs(name):
     hist = HISTORY[name]

@@ -3,6 +3,7 @@
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -192,6 +193,34 @@ def test_second_run_has_nothing_to_do(smoke):
     result = snakemake(workdir, "-n", "--cores", "2", "--configfile", *CONFIGFILES, timeout=300)
     assert result.returncode == 0
     assert "Nothing to be done" in result.stdout + result.stderr
+
+
+@pytest.mark.e2e
+def test_smoke_jobs_ran_as_forks_of_the_job_server_with_the_numbers_of_jobs_of_their_own(smoke, tmp_path):
+    from tests.test_faults_workflow import comparable
+
+    workdir, config, results = smoke
+    assert config["job_server"] is True  # the smoke preset turns it on
+    log = (results / "logs" / "job_server.log").read_text()
+    assert "declined" not in log
+    runs = cfg.expand_runs(config)
+    forked = re.findall(r"^(\w+)\.py \(pid \d+\): exit status 0", log, re.M)
+    assert forked.count("train") == len(runs) and forked.count("benchmark") > 0 and forked.count("figure") > 0
+    socket_path = Path(re.search(r"listening on (\S+)", log).group(1))
+    assert not socket_path.exists() and not socket_path.parent.exists()  # stopped and removed at the end
+    # One study again, every job a process of its own: the same numbers.
+    alone = copy_workflow(tmp_path)
+    result = snakemake(alone, "--cores", "2", "--configfile", *CONFIGFILES, "--config", "job_server=False", "--",
+                       "smoke_sanity")
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert not (alone / config["results"] / "logs" / "job_server.log").exists()
+    for table in ("runs.csv", "models.csv"):
+        ours, theirs = (base / "tables" / "smoke_sanity" / table for base in (results, alone / config["results"]))
+        pd.testing.assert_frame_equal(comparable(ours), comparable(theirs))
+    run = next(r for r in runs if r.study == "smoke_sanity")
+    histories = [pd.read_csv(base / "runs" / run.id / "history.csv").drop(columns=["epoch_seconds"])
+                 for base in (results, alone / config["results"])]
+    pd.testing.assert_frame_equal(*histories)
 
 
 def test_bad_config_stops_before_any_job(tmp_path):

@@ -139,9 +139,13 @@ def data_sha256(data_path: str | Path) -> str | None:
 def peak_memory_bytes(device: torch.device) -> dict:
     if device.type == "cuda":
         return {"peak_memory_bytes": torch.cuda.max_memory_allocated(device), "peak_memory_kind": "cuda_max_allocated"}
-    # ru_maxrss is KiB on Linux.
+    # ru_maxrss is KiB on Linux. A fork of the job server shares the server's imports and is not comparable with
+    # a process of its own: say which it was.
+    from cnnrepro.job_server import CHILD_ENV
+
     return {"peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "peak_memory_kind": "process_max_rss"}
+            "peak_memory_kind": "process_max_rss_job_server_fork" if os.environ.get(CHILD_ENV) else
+            "process_max_rss"}
 
 
 # ---------------------------------------------------------------------------------------------------------------------

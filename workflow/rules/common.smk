@@ -1,4 +1,5 @@
 # Shared set-up: config validation, the run list, output paths and input functions.
+import os
 import sys
 from pathlib import Path
 
@@ -7,7 +8,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from cnnrepro import config as cfg  # noqa: E402
 from cnnrepro import locks, resources  # noqa: E402
-from cnnrepro import slurm  # noqa: E402
+from cnnrepro import job_server, slurm  # noqa: E402
 from snakemake.logging import logger  # noqa: E402
 
 # A snakemake killed with SIGKILL leaves its lock behind; rerunning the same command must not need --unlock.
@@ -29,6 +30,11 @@ onstart:
     # A local run without a GPU that would take days stops here, before any job (cnnrepro.plan).
     if workflow.local_exec and (message := slow_run_message()):
         raise WorkflowError(message)
+    # Short local jobs fork from one warm process instead of importing torch each (cnnrepro.job_server).
+    if config["job_server"] and workflow.local_exec and workflow.is_main_process:
+        os.environ[job_server.SOCKET_ENV] = job_server.start(
+            Path.cwd(), Path(f"{RESULTS}/logs/job_server.log"), os.getpid()
+        )
 
 
 try:

@@ -94,6 +94,11 @@ for study_name in STUDIES:
                 report_targets([study_name]),
 
 
+onsuccess:
+    job_server.stop(os.environ.pop(job_server.SOCKET_ENV, None))
+
+
 # Partial results: render_partial_report (common.smk) renders what exists when jobs failed.
 onerror:
+    job_server.stop(os.environ.pop(job_server.SOCKET_ENV, None))
     render_partial_report()

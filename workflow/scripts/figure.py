@@ -1,6 +1,10 @@
 """Draw one figure of one study (PNG and PDF) from the files the rule names."""
-from cnnrepro.figures import make
-from cnnrepro.logs import job_log
+from cnnrepro.job_server import delegate
+
+delegate()  # with job_server: true, the run's warm process runs this job (cnnrepro.job_server)
+
+from cnnrepro.figures import make  # noqa: E402
+from cnnrepro.logs import job_log  # noqa: E402
 
 sm = snakemake  # noqa: F821
 with job_log(sm.log[0]):

@@ -233,8 +233,11 @@ def compare_tables(before: Path, after: Path) -> list[str]:
             differences.append(f"{name}: columns only before {sorted(columns_old - columns_new)}, "
                                f"only after {sorted(columns_new - columns_old)}")
         compared = sorted(c for c in columns_old & columns_new if not TIMING_COLUMN.search(c))
+        # Paths (the log column) name each side's own results folder: compare them relative to it.
+        roots = (str(before.parent), str(after.parent))
         for i, (a, b) in enumerate(zip(old[name], new[name])):
-            differences += [f"{name} row {i + 1} column {c}: {a[c]!r} -> {b[c]!r}" for c in compared if a[c] != b[c]]
+            differences += [f"{name} row {i + 1} column {c}: {a[c]!r} -> {b[c]!r}" for c in compared
+                            if a[c].replace(roots[0], "<results>") != b[c].replace(roots[1], "<results>")]
     return differences
 
 
@@ -261,25 +264,28 @@ def ratio(before: float, after: float) -> str:
     return f"{before / after:.1f}x" if after > 0 else "-"
 
 
-def report(args, floor: dict, jobs: dict, data: dict, smoke: dict | None) -> str:
+def report(args, floor: dict | None, jobs: dict | None, data: dict | None, smoke: dict | None) -> str:
     lines = [f"Per-job start-up, {date.today().isoformat()}, before = {args.before_rev}, after = this checkout; "
-             f"{os.cpu_count()} CPUs, medians of {args.repeats}, load average at the end {os.getloadavg()[0]:.1f}",
-             "", "Floor (what a job process pays before cnnrepro runs):", "",
-             "| what | CPU s | wall s |", "|---|---|---|"]
-    lines += [f"| {label} | {v['cpu']:.2f} | {v['wall']:.2f} |" for label, v in floor.items()]
-    lines += ["", "Whole smoke-preset jobs, as Snakemake runs them (python <job script>):", "",
-              "| job | CPU s before | CPU s after | before/after (CPU) | wall s before | wall s after |",
-              "|---|---|---|---|---|---|"]
-    for label, by_side in jobs.items():
-        b, a = by_side["before"], by_side["after"]
-        lines.append(f"| {label} | {b['cpu']:.2f} | {a['cpu']:.2f} | {ratio(b['cpu'], a['cpu'])} "
-                     f"| {b['wall']:.2f} | {a['wall']:.2f} |")
-    b, a = data["before"], data["after"]
-    lines += ["", f"Data loading inside a job: read_compact of a {args.data_mib:.0f} MiB compact file "
-              f"({args.data_train:,} + {args.data_test:,} MNIST-sized images) and 20 test images:", "",
-              "| side | CPU s | wall s | peak RSS growth MiB |", "|---|---|---|---|",
-              f"| before | {b['cpu']:.3f} | {b['wall']:.3f} | {b['rss_growth_mib']:.0f} |",
-              f"| after | {a['cpu']:.3f} | {a['wall']:.3f} | {a['rss_growth_mib']:.0f} |"]
+             f"{os.cpu_count()} CPUs, medians of {args.repeats}, load average at the end {os.getloadavg()[0]:.1f}"]
+    if floor:
+        lines += ["", "Floor (what a job process pays before cnnrepro runs):", "",
+                  "| what | CPU s | wall s |", "|---|---|---|"]
+        lines += [f"| {label} | {v['cpu']:.2f} | {v['wall']:.2f} |" for label, v in floor.items()]
+    if jobs:
+        lines += ["", "Whole smoke-preset jobs, as Snakemake runs them (python <job script>):", "",
+                  "| job | CPU s before | CPU s after | before/after (CPU) | wall s before | wall s after |",
+                  "|---|---|---|---|---|---|"]
+        for label, by_side in jobs.items():
+            b, a = by_side["before"], by_side["after"]
+            lines.append(f"| {label} | {b['cpu']:.2f} | {a['cpu']:.2f} | {ratio(b['cpu'], a['cpu'])} "
+                         f"| {b['wall']:.2f} | {a['wall']:.2f} |")
+    if data:
+        b, a = data["before"], data["after"]
+        lines += ["", f"Data loading inside a job: read_compact of a {args.data_mib:.0f} MiB compact file "
+                  f"({args.data_train:,} + {args.data_test:,} MNIST-sized images) and 20 test images:", "",
+                  "| side | CPU s | wall s | peak RSS growth MiB |", "|---|---|---|---|",
+                  f"| before | {b['cpu']:.3f} | {b['wall']:.3f} | {b['rss_growth_mib']:.0f} |",
+                  f"| after | {a['cpu']:.3f} | {a['wall']:.3f} | {a['rss_growth_mib']:.0f} |"]
     if smoke:
         b, a = smoke["before"], smoke["after"]
         lines += ["", f"Whole smoke preset (snakemake --cores 2 --configfile presets/smoke.yaml), "
@@ -300,6 +306,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs of each job and floor command per side")
     parser.add_argument("--smoke", action="store_true", help="also time the whole smoke preset on each side")
     parser.add_argument("--smoke-repeats", type=int, default=1)
+    parser.add_argument("--smoke-only", action="store_true", help="only the whole smoke preset on each side")
     parser.add_argument("--data-train", type=int, default=60000, help="training images in the data-loading file")
     parser.add_argument("--data-test", type=int, default=10000)
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a new temporary one)")
@@ -312,16 +319,18 @@ def main() -> None:
     try:
         print(f"sides in {work}", flush=True)
         roots = make_sides(work, args.before_rev)
-        scripts = {side: capture_scripts(roots[side], work / f"jobs-{side}", work / f"{side}.capture.log")
-                   for side in SIDES}
-        floor = time_floor(args.repeats, roots["after"], preamble_only(scripts["after"]["benchmark_gpu, seed003 cnn "
-                                                                                         "(no GPU here)"]))
-        jobs = time_jobs(args.repeats, roots, scripts, work)
-        data_file = work / "mnist-sized.pt"
-        make_data(roots["after"], data_file, args.data_train, args.data_test)
-        args.data_mib = data_file.stat().st_size / 2**20
-        data = time_data(args.repeats, roots, data_file)
-        smoke = time_smoke(args.smoke_repeats, roots, work) if args.smoke else None
+        floor = jobs = data = None
+        if not args.smoke_only:
+            scripts = {side: capture_scripts(roots[side], work / f"jobs-{side}", work / f"{side}.capture.log")
+                       for side in SIDES}
+            floor = time_floor(args.repeats, roots["after"],
+                               preamble_only(scripts["after"]["benchmark_gpu, seed003 cnn (no GPU here)"]))
+            jobs = time_jobs(args.repeats, roots, scripts, work)
+            data_file = work / "mnist-sized.pt"
+            make_data(roots["after"], data_file, args.data_train, args.data_test)
+            args.data_mib = data_file.stat().st_size / 2**20
+            data = time_data(args.repeats, roots, data_file)
+        smoke = time_smoke(args.smoke_repeats, roots, work) if args.smoke or args.smoke_only else None
         text = report(args, floor, jobs, data, smoke)
         print("\n" + text)
         if args.json:

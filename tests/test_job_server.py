@@ -43,10 +43,18 @@ SCRIPT = textwrap.dedent("""
     if mode == "threads":
         import torch
         print("torch threads", torch.get_num_threads())
+    if mode == "atexit":
+        import atexit
+        atexit.register(lambda: open(sys.argv[2], "w").write("ran"))
     if mode == "sleep":
-        open(sys.argv[2], "w").write(str(os.getpid()))
         import time
-        time.sleep(120)
+        try:
+            open(sys.argv[2] + ".tmp", "w").write(str(os.getpid()))
+            os.replace(sys.argv[2] + ".tmp", sys.argv[2])
+            time.sleep(120)
+        except KeyboardInterrupt:
+            open(sys.argv[2] + ".interrupted", "w").write("cleaned up")  # what io.atomic_path's cleanup does
+            raise
 """)
 
 
@@ -150,21 +158,73 @@ def test_torch_in_a_fork_uses_the_jobs_thread_count(tmp_path):
         process.wait(timeout=TIMEOUT)
 
 
-def test_killing_the_job_process_snakemake_started_ends_the_forked_job(tmp_path, server):
+def start_sleeping_job(tmp_path: Path, socket_path: str) -> tuple[subprocess.Popen, int, Path]:
+    """A delegated job that sleeps: (the process Snakemake would have started, the fork's pid, its pid file)."""
     script = tmp_path / "job.py"
     script.write_text(SCRIPT)
-    (tmp_path / "work").mkdir()
+    (tmp_path / "work").mkdir(exist_ok=True)
     pid_file = tmp_path / "job.pid"
-    environment = {**os.environ, job_server.SOCKET_ENV: server[0], "OMP_NUM_THREADS": "1"}
+    environment = {**os.environ, job_server.SOCKET_ENV: socket_path, "OMP_NUM_THREADS": "1"}
     environment.pop(job_server.CHILD_ENV, None)
     client = subprocess.Popen([sys.executable, str(script), "sleep", str(pid_file)], cwd=tmp_path / "work",
-                              env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for(lambda: pid_file.exists() and pid_file.read_text(), "the job to start")
+                              env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for(pid_file.exists, "the job to start")
     job = int(pid_file.read_text())
     assert job != client.pid and alive(job)
-    client.send_signal(signal.SIGKILL)  # what Snakemake does to a job's process group on Ctrl-C or a timeout
+    return client, job, pid_file
+
+
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_killing_the_job_process_snakemake_started_ends_the_forked_job(tmp_path, server):
+    client, job, _ = start_sleeping_job(tmp_path, server[0])
+    client.send_signal(signal.SIGKILL)  # Snakemake ending a job outright
     client.wait(timeout=TIMEOUT)
     wait_for(lambda: not alive(job), "the forked job to end")
+
+
+def test_ctrl_c_reaches_the_forked_job_and_its_process_waits_for_it(tmp_path, server):
+    client, job, pid_file = start_sleeping_job(tmp_path, server[0])
+    client.send_signal(signal.SIGINT)
+    client.wait(timeout=TIMEOUT)
+    # The job got KeyboardInterrupt, ran its clean-up, and ended before its process reported 128 + SIGINT.
+    assert client.returncode == 128 + signal.SIGINT, client.stderr.read()
+    assert (tmp_path / "job.pid.interrupted").read_text() == "cleaned up"
+    assert not alive(job)
+
+
+def test_a_job_whose_supervisor_dies_is_killed_with_it(tmp_path, server):
+    client, job, _ = start_sleeping_job(tmp_path, server[0])
+    supervisor = parent_of(job)
+    assert supervisor not in (client.pid, server[1].pid)
+    os.kill(supervisor, signal.SIGKILL)
+    wait_for(lambda: not alive(job), "the job to die with its supervisor")
+    client.wait(timeout=TIMEOUT)
+    assert client.returncode != 0 and "stopped while running this job" in client.stderr.read()
+
+
+def test_stopping_the_server_ends_running_jobs_as_a_terminate_would(tmp_path, server):
+    client, job, _ = start_sleeping_job(tmp_path, server[0])
+    job_server.stop(server[0])
+    client.wait(timeout=TIMEOUT)
+    assert client.returncode == 128 + signal.SIGTERM
+    assert not alive(job)
+
+
+def test_a_jobs_exit_handlers_run_and_the_servers_do_not(tmp_path, server):
+    marker = tmp_path / "atexit.txt"
+    done = run_job(tmp_path, server[0], "atexit", str(marker))
+    assert done.returncode == 0 and "forked 1" in done.stdout, done.stderr
+    assert marker.read_text() == "ran"
+
+
+def test_a_job_from_another_interpreter_is_declined():
+    request = {"env": dict(os.environ), "interpreter": {**job_server._interpreter(), "prefix": "/opt/conda/envs/x"}}
+    assert "interpreter" in job_server.decline_reason(request)
+    same = {"env": {**os.environ, "OMP_NUM_THREADS": "4"}, "interpreter": job_server._interpreter()}
+    assert job_server.decline_reason(same) is None
 
 
 def test_the_server_exits_and_removes_its_socket_when_its_snakemake_goes(tmp_path):

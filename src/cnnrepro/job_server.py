@@ -12,12 +12,16 @@ What keeps a fork as good as a fresh process:
 
 * the server only imports: it runs no tensor operation (no OpenMP thread pool exists to be copied into a fork) and
   never initialises CUDA (a fork initialises it for itself; ``gpu_slots`` picks the GPU before that, as before);
-* torch in the fork uses the job's thread count (``OMP_NUM_THREADS``, which Snakemake sets for every job) and
-  ``tempfile`` the job's ``TMPDIR``; a job whose library paths, thread placement or ``cnnrepro`` package differ
-  from the server's is declined and runs in its own process, as does every job when no server answers;
-* each fork reseeds Python's ``random`` as a new process would (the pipeline seeds torch and numpy itself);
-* a job whose Snakemake process goes away (killed, Ctrl-C) is terminated; the server exits when the snakemake
-  process that started it does, and when it has been idle for ``IDLE_EXIT_SECONDS``.
+* torch in the fork uses the job's thread count (``OMP_NUM_THREADS``, which Snakemake sets for every job),
+  ``tempfile`` the job's ``TMPDIR``, and ``sys.stdout``/``sys.stderr`` are opened on the job's streams as a new
+  interpreter would open them; a job started by another interpreter (a conda or container job), or whose
+  interpreter, library, locale or torch variables differ from the server's, is declined and runs in a process of
+  its own, as does every job when no server answers;
+* each fork reseeds Python's ``random`` and numpy's global generator as a new process would (the pipeline seeds
+  what it uses itself), runs the exit handlers it registers, and none of the server's;
+* a signal to the job's own process (Ctrl-C, Snakemake ending a job) is passed on to the fork, and the process
+  waits for the fork to end; a fork whose process or supervisor disappears is killed; the server exits when the
+  snakemake process that started it does, and when it has been idle for ``IDLE_EXIT_SECONDS``.
 
 Only local runs use it: on SLURM each job runs on its own node.
 """
@@ -25,18 +29,24 @@ Only local runs use it: on SLURM each job runs on its own node.
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
 import importlib.util
+import logging
 import os
 import pickle
 import random
+import re
 import runpy
 import select
+import shutil
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -45,12 +55,14 @@ from typing import Any
 SOCKET_ENV = "CNNREPRO_JOB_SERVER"  # the server's socket; set for the jobs of a run by the workflow's onstart
 CHILD_ENV = "CNNREPRO_JOB_SERVER_CHILD"  # set inside a forked job, where delegate() must do nothing
 # What the jobs import (the server imports it once). matplotlib is set to Agg first, as cnnrepro.figures does.
-PRELOAD = ("torch", "torch._dynamo", "torch.optim", "torchvision", "pandas", "matplotlib.pyplot", "jinja2",
+PRELOAD = ("snakemake.script", "torch", "torch._dynamo", "torch.optim", "torchvision", "pandas", "matplotlib.pyplot",
+           "jinja2",
            "cnnrepro.train", "cnnrepro.bench_job", "cnnrepro.bench", "cnnrepro.datasets", "cnnrepro.aggregate",
            "cnnrepro.figures", "cnnrepro.report", "cnnrepro.provenance")
-# Read once when the interpreter or a library starts, so a fork cannot honour a job that sets them differently.
-MUST_MATCH = ("KMP_AFFINITY", "OMP_PROC_BIND", "OMP_PLACES", "GOMP_CPU_AFFINITY", "LD_PRELOAD", "LD_LIBRARY_PATH",
-              "PYTHONPATH", "PYTHONHASHSEED", "MPLBACKEND")
+# Read once when the interpreter or a library starts, so a fork cannot honour a job that sets them differently:
+# every variable with one of these prefixes (the thread counts below excepted) must be the server's.
+MUST_MATCH_PREFIXES = ("PYTHON", "TORCH", "PYTORCH", "OMP_", "KMP_", "GOMP_", "MKL_", "OPENBLAS_", "LC_", "LANG",
+                       "LD_", "MPLBACKEND", "CONDA_PREFIX", "VIRTUAL_ENV")
 # Snakemake gives every job these, set to its thread count. In a fork, torch gets the job's count from
 # torch.set_num_threads (what OMP_NUM_THREADS would have given it); numpy's BLAS, which the jobs use only for
 # bookkeeping, keeps the server's, which is 1 so that it never competes with other jobs for cores.
@@ -58,6 +70,9 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS
                     "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 IDLE_EXIT_SECONDS = 600
 ACCEPTED, DECLINED = b"A", b"D"
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_server_process = None  # the server start() launched in this process
+_startup_environment: dict[str, str] | None = None  # the server's environment before it imported anything
 _HEADER = struct.Struct("!I")
 _STATUS = struct.Struct("!i")
 
@@ -88,7 +103,7 @@ def delegate() -> None:
         return  # no server (not started, or gone): run here
     spec = importlib.util.find_spec("cnnrepro")
     request = {"script": os.path.abspath(script), "argv": list(sys.argv), "cwd": os.getcwd(),
-               "env": dict(os.environ), "package": spec.origin if spec else None}
+               "env": dict(os.environ), "package": spec.origin if spec else None, "interpreter": _interpreter()}
     with connection:
         try:
             _send(connection, request, [0, 1, 2])  # the job's standard streams, as Snakemake set them up
@@ -99,6 +114,15 @@ def delegate() -> None:
             return  # declined: this job needs a process of its own
         sys.stdout.flush()
         sys.stderr.flush()
+        # A signal meant for the job (Ctrl-C, Snakemake ending it) goes to the fork; this process waits for its end.
+        def forward(number, _frame):
+            try:
+                connection.send(bytes([number]))
+            except OSError:  # the supervisor is gone, and with it the job
+                os._exit(128 + number)
+
+        for sig in FORWARDED_SIGNALS:
+            signal.signal(sig, forward)
         status = _receive_exactly(connection, _STATUS.size)
     if len(status) != _STATUS.size:
         print(f"cnnrepro job server at {path} stopped while running this job; rerun the workflow",
@@ -112,6 +136,8 @@ def delegate() -> None:
 
 def serve(path: str, watch_pid: int | None, preload=PRELOAD, idle_exit: float = IDLE_EXIT_SECONDS) -> None:
     """Listen on ``path``; import ``preload``; fork a supervisor for every connection until told to stop."""
+    global _startup_environment
+    _startup_environment = dict(os.environ)  # before the imports, some of which set variables of their own
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)  # before the imports: jobs that connect meanwhile wait in the backlog, not in torch
     listener.listen(128)
@@ -128,12 +154,14 @@ def serve(path: str, watch_pid: int | None, preload=PRELOAD, idle_exit: float = 
     listener.settimeout(1.0)
     children: set[int] = set()
     last_busy = time.monotonic()
+    watching_parent = watch_pid == os.getppid()
     try:
         while not stop:
             children -= _reaped(children)
             if children:
                 last_busy = time.monotonic()
-            if watch_pid is not None and not _alive(watch_pid):
+            # The parent's pid changes when it dies; a pid alone could be a zombie's or reused.
+            if watch_pid is not None and (os.getppid() != watch_pid if watching_parent else not _alive(watch_pid)):
                 print(f"job server: snakemake process {watch_pid} is gone; exiting", flush=True)
                 break
             if time.monotonic() - last_busy > idle_exit:
@@ -143,7 +171,15 @@ def serve(path: str, watch_pid: int | None, preload=PRELOAD, idle_exit: float = 
                 connection, _ = listener.accept()
             except (socket.timeout, InterruptedError):
                 continue
-            pid = os.fork()
+            except OSError as error:  # e.g. out of file descriptors: the job runs in its own process instead
+                print(f"job server: accept failed ({error}); continuing", flush=True)
+                continue
+            try:
+                pid = os.fork()
+            except OSError as error:
+                print(f"job server: fork failed ({error}); that job runs in its own process", flush=True)
+                connection.close()
+                continue
             if pid == 0:
                 listener.close()
                 _supervise(connection)  # never returns
@@ -153,7 +189,12 @@ def serve(path: str, watch_pid: int | None, preload=PRELOAD, idle_exit: float = 
     finally:
         listener.close()
         Path(path).unlink(missing_ok=True)
-        for pid in children:  # supervisors end their jobs when their client goes; give them the word too
+        Path(path).with_suffix(".pid").unlink(missing_ok=True)
+        try:
+            Path(path).parent.rmdir()
+        except OSError:
+            pass
+        for pid in children:  # each supervisor passes the signal on to its job and waits for it
             _signal(pid, signal.SIGTERM)
 
 
@@ -164,8 +205,8 @@ def _supervise(connection: socket.socket) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         request, fds = _receive(connection)
-        name = Path(request["script"]).name.split(".", 1)[-1]  # Snakemake's tmpXXXX.train.py: train.py
-        reason = decline_reason(request)
+        name = re.sub(r"^tmp[^.]*\.", "", Path(request["script"]).name)  # Snakemake's tmpXXXX.train.py: train.py
+        reason = decline_reason(request) or (None if len(fds) == 3 else "its standard streams did not arrive")
         if reason:
             print(f"{name}: declined ({reason}); it runs in a process of its own", flush=True)
             connection.sendall(DECLINED)
@@ -173,14 +214,22 @@ def _supervise(connection: socket.socket) -> None:
                 os.close(fd)
             os._exit(0)
         connection.sendall(ACCEPTED)
+        supervisor = os.getpid()
         job = os.fork()
         if job == 0:
             connection.close()
+            _die_with_parent(supervisor)
             _run_job(request, fds)  # never returns
         for fd in fds:
             os.close(fd)
+        for sig in FORWARDED_SIGNALS:  # the server stopping: the job ends as it would on that signal
+            signal.signal(sig, lambda number, _frame: _signal(job, number))
         started = time.monotonic()
-        status = _wait_for(job, connection)
+        try:
+            status = _wait_for(job, connection)
+        except BaseException:
+            _terminate(job)
+            raise
         outcome = "ended: its snakemake job was killed" if status is None else f"exit status {status}"
         print(f"{name} (pid {job}): {outcome} after {time.monotonic() - started:.1f} s", flush=True)
         if status is not None:
@@ -196,6 +245,10 @@ def _run_job(request: dict, fds: list[int]) -> None:
     """In the job's fork: become the process Snakemake started, then run its script."""
     code = 1
     try:
+        for sig in (*FORWARDED_SIGNALS, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        atexit._clear()  # the server's exit handlers are not this job's
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
             os.close(fd)
@@ -203,13 +256,15 @@ def _run_job(request: dict, fds: list[int]) -> None:
         os.environ.clear()
         os.environ.update(request["env"])
         os.environ[CHILD_ENV] = "1"
+        _open_standard_streams()
         tempfile.tempdir = None  # the job's TMPDIR, not the one the server may have cached
         if "torch" in sys.modules:
             sys.modules["torch"].set_num_threads(int(request["env"]["OMP_NUM_THREADS"]))
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         sys.argv = list(request["argv"])
+        sys.path[0] = os.path.dirname(request["script"])  # as `python <script>` sets it
         random.seed()  # a new process would not share its parent's state
+        if "numpy" in sys.modules:
+            sys.modules["numpy"].random.seed()
         try:
             runpy.run_path(request["script"], run_name="__main__")
             code = 0
@@ -219,8 +274,15 @@ def _run_job(request: dict, fds: list[int]) -> None:
             else:
                 print(exit_.code, file=sys.stderr)
                 code = 1
+        except KeyboardInterrupt:
+            traceback.print_exc()
+            code = 128 + signal.SIGINT
         except BaseException:  # noqa: BLE001 - report as the interpreter would, then exit 1
             traceback.print_exc()
+        # What the interpreter does at exit: wait for the job's threads, run its exit handlers, flush.
+        threading._shutdown()
+        atexit._run_exitfuncs()
+        logging.shutdown()
     finally:
         for stream in (sys.stdout, sys.stderr):
             try:
@@ -230,10 +292,42 @@ def _run_job(request: dict, fds: list[int]) -> None:
         os._exit(code)
 
 
+def _open_standard_streams() -> None:
+    """sys.stdin/stdout/stderr on the job's descriptors, buffered as a new interpreter would buffer them."""
+    unbuffered = bool(os.environ.get("PYTHONUNBUFFERED"))
+    encoding = os.environ.get("PYTHONIOENCODING") or None
+    sys.stdin = open(0, "r", closefd=False, encoding=encoding)
+    sys.stdout = open(1, "w", buffering=1 if os.isatty(1) else -1, closefd=False, encoding=encoding)
+    sys.stderr = open(2, "w", buffering=1, closefd=False, encoding=encoding, errors="backslashreplace")
+    if unbuffered:
+        sys.stdout.reconfigure(write_through=True)
+        sys.stderr.reconfigure(write_through=True)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel kill this process when its supervisor dies (Linux), and check it has not already."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _interpreter() -> dict:
+    return {"executable": os.path.realpath(sys.executable), "prefix": sys.prefix, "version": sys.version}
+
+
 def decline_reason(request: dict) -> str | None:
     """Why a fork of this server would not be the process the job asked for (None: it would be)."""
-    for name in MUST_MATCH:
-        if request["env"].get(name) != os.environ.get(name):
+    if request.get("interpreter") != _interpreter():
+        return "another Python interpreter or environment"
+    server = _startup_environment if _startup_environment is not None else os.environ
+    names = {n for n in (*request["env"], *server) if n.startswith(MUST_MATCH_PREFIXES) and n not in THREAD_VARIABLES}
+    for name in sorted(names):
+        if request["env"].get(name) != server.get(name):
             return f"{name} differs"
     if not request["env"].get("OMP_NUM_THREADS", "").isdigit() or int(request["env"]["OMP_NUM_THREADS"]) < 1:
         return "no OMP_NUM_THREADS (a new process would pick its own thread count)"
@@ -252,9 +346,12 @@ def _wait_for(job: int, connection: socket.socket) -> int | None:
             code = os.waitstatus_to_exitcode(status)
             return 128 - code if code < 0 else code
         readable, _, _ = select.select([connection], [], [], 0.05)
-        if readable and not connection.recv(1):
-            _terminate(job)  # Snakemake killed the job: its process was the client
-            return None
+        if readable:
+            message = connection.recv(1)
+            if not message:
+                _terminate(job)  # the job's own process was killed outright (SIGKILL)
+                return None
+            _signal(job, message[0])  # a signal the job's own process received
 
 
 def _terminate(pid: int, grace: float = 5.0) -> None:
@@ -329,12 +426,11 @@ def _receive_exactly(connection: socket.socket, size: int) -> bytes:
 
 def start(folder: Path, log: Path, watch_pid: int, timeout: float = 10.0) -> str:
     """Start a server for this run and return its socket's path once it listens (the workflow's onstart)."""
-    import subprocess
-
     # A socket path must be short (108 bytes): a private folder in the temporary directory, not in the results.
     socket_dir = Path(tempfile.mkdtemp(prefix="cnnrepro-jobs-"))
     path = socket_dir / "server.sock"
     log.parent.mkdir(parents=True, exist_ok=True)
+    global _server_process
     environment = {**os.environ, **dict.fromkeys(THREAD_VARIABLES, "1")}
     with open(log, "ab") as out:
         process = subprocess.Popen([sys.executable, "-m", "cnnrepro.job_server", "--socket", str(path),
@@ -344,28 +440,36 @@ def start(folder: Path, log: Path, watch_pid: int, timeout: float = 10.0) -> str
     while not path.exists():
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
+            process.wait()
+            shutil.rmtree(socket_dir, ignore_errors=True)
             raise RuntimeError(f"the job server did not start (see {log}); set job_server: false to run without it")
         time.sleep(0.02)
+    _server_process = process
     return str(path)
 
 
 def stop(path: str | None) -> None:
-    """Ask the server listening on ``path`` to exit and remove its folder (the workflow's onsuccess/onerror)."""
+    """Ask the server listening on ``path`` to exit, wait for it, and remove its folder (onsuccess/onerror)."""
+    global _server_process
     if not path:
         return
     socket_path = Path(path)
-    pid_file = socket_path.with_suffix(".pid")
-    if pid_file.exists():
-        _signal(int(pid_file.read_text()), signal.SIGTERM)
-    deadline = time.monotonic() + 5
-    while socket_path.exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    socket_path.unlink(missing_ok=True)
-    pid_file.unlink(missing_ok=True)
-    try:
-        socket_path.parent.rmdir()
-    except OSError:
-        pass
+    process, _server_process = _server_process, None
+    if process is not None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    else:  # started elsewhere: its pid file names it
+        pid_file = socket_path.with_suffix(".pid")
+        if pid_file.exists():
+            _signal(int(pid_file.read_text()), signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while socket_path.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+    shutil.rmtree(socket_path.parent, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -30,8 +30,14 @@ onstart:
     # A local run without a GPU that would take days stops here, before any job (cnnrepro.plan).
     if workflow.local_exec and (message := slow_run_message()):
         raise WorkflowError(message)
-    # Short local jobs fork from one warm process instead of importing torch each (cnnrepro.job_server).
-    if config["job_server"] and workflow.local_exec and workflow.is_main_process:
+    # Short local jobs fork from one warm process instead of importing torch each (cnnrepro.job_server); not
+    # when jobs run in their own conda environment or container, whose interpreter is not the server's.
+    if (
+        config["job_server"]
+        and workflow.local_exec
+        and workflow.is_main_process
+        and not workflow.deployment_settings.deployment_method
+    ):
         os.environ[job_server.SOCKET_ENV] = job_server.start(
             Path.cwd(), Path(f"{RESULTS}/logs/job_server.log"), os.getpid()
         )

@@ -100,5 +100,8 @@ onsuccess:
 
 # Partial results: render_partial_report (common.smk) renders what exists when jobs failed.
 onerror:
-    job_server.stop(os.environ.pop(job_server.SOCKET_ENV, None))
     render_partial_report()
+    try:
+        job_server.stop(os.environ.pop(job_server.SOCKET_ENV, None))
+    except (OSError, ValueError) as error:
+        logger.warning(f"Could not stop the job server: {error}")

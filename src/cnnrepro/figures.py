@@ -758,8 +758,7 @@ def _mosaic(weights: np.ndarray, max_out: int = 64, max_in: int = 64, gap: int =
 def _draw_layer(fig, ax, name: str, weights: np.ndarray, first: bool) -> None:
     import matplotlib
 
-    cmap = matplotlib.colormaps["RdBu_r"].copy()
-    cmap.set_bad("white")
+    cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="white")
     out_channels, in_channels = weights.shape[:2]
     limit = float(np.abs(weights).max()) or 1.0
     columns = max(1, math.ceil(math.sqrt(out_channels * 2)))

@@ -769,16 +769,18 @@ def configured_tables(config: dict) -> list[tuple[str, dict]]:
     return [(study, table) for study, spec in config["studies"].items() for table in spec["tables"]]
 
 
-def check_table_files(config: dict, files: Mapping[str, PathLike], what: str) -> None:
-    """``files`` names exactly the configured paper tables, by table name."""
-    names = [table_name(config, table) for _, table in configured_tables(config)]
+def check_table_files(config: dict, files: Mapping[str, PathLike], what: str, study: str | None = None) -> None:
+    """``files`` names exactly the configured paper tables (of ``study``, or of every study), by table name."""
+    names = study_tables(config, study) if study else [table_name(config, t) for _, t in configured_tables(config)]
+    scope = f"a table of study {study}" if study else "a table any study's tables: entry defines"
     extra = sorted(set(files) - set(names))
     if extra:
-        raise ValueError(f"{what} names table '{extra[0]}' ({files[extra[0]]}), which no study's tables: entry "
-                         f"defines; expected only: {', '.join(names)}")
+        raise ValueError(f"{what} names table '{extra[0]}' ({files[extra[0]]}), which is not {scope}; expected "
+                         f"only: {', '.join(names) or 'none'}")
     missing = [name for name in names if name not in files]
     if missing:
-        raise ValueError(f"{what} has no file for paper table '{missing[0]}'; expected one per configured table")
+        raise ValueError(f"{what} has no file for paper table '{missing[0]}'{f' of study {study}' if study else ''}; "
+                         "expected one per configured table")
 
 
 def _write_csv(frame: pd.DataFrame, path: PathLike) -> Path:
@@ -792,18 +794,6 @@ def study_tables(config: dict, study: str) -> list[str]:
     return [table_name(config, table) for table in config["studies"][study]["tables"]]
 
 
-def _check_study_files(config: dict, study: str, files: Mapping[str, PathLike], what: str) -> None:
-    names = study_tables(config, study)
-    extra = sorted(set(files) - set(names))
-    if extra:
-        raise ValueError(f"{what} names table '{extra[0]}' ({files[extra[0]]}), which is not a table of study "
-                         f"{study}; expected only: {', '.join(names) or 'none'}")
-    missing = [name for name in names if name not in files]
-    if missing:
-        raise ValueError(f"{what} has no file for paper table '{missing[0]}' of study {study}; expected one per "
-                         "configured table")
-
-
 def aggregate_study(config: dict, study: str, metrics: Iterable[PathLike], bench: Iterable[PathLike],
                     paper_tables: Mapping[str, PathLike], tables_out: Mapping[str, PathLike], runs_out: PathLike,
                     models_out: PathLike, logs: Mapping[str, PathLike] | None = None,
@@ -812,8 +802,8 @@ def aggregate_study(config: dict, study: str, metrics: Iterable[PathLike], bench
     name -> written path. ``metrics`` and ``bench`` are the study's metrics.json and benchmark records,
     ``paper_tables`` and ``tables_out`` map each of its table names to the paper's CSV and to the output, ``logs``
     its run ids to their training logs; ``partial`` tolerates missing records (see :func:`load_summaries`)."""
-    _check_study_files(config, study, paper_tables, "paper_tables")
-    _check_study_files(config, study, tables_out, "tables_out")
+    check_table_files(config, paper_tables, "paper_tables", study)
+    check_table_files(config, tables_out, "tables_out", study)
     for index in range(len(config["studies"][study]["tables"])):
         check_paper_table(config, study, index)  # as at start-up: a CSV edited since then fails before any input
     summaries = load_summaries(config, metrics, bench, [study], logs, partial)

@@ -54,6 +54,7 @@ except cfg.ConfigError as error:
 
 RESULTS = config["results"]
 RUNS = cfg.expand_runs(config)
+RUNS_BY_ID = {run.id: run for run in RUNS}
 RUN = "{study}/{dataset}/{model}/{freeze}/{variant}/seed{seed}"
 BENCH = "{study}/{dataset}/{model}/{freeze}"
 
@@ -116,7 +117,6 @@ from cnnrepro import chaining  # noqa: E402
 
 CHAIN_SOURCES = chaining.chain_sources(SETTINGS) if config["chain_epoch_grids"] else {}
 CONTINUED_RUNS = set(CHAIN_SOURCES.values())
-RUNS_BY_ID = {run.id: run for run in RUNS}
 
 
 def chain_source(wildcards):
@@ -170,7 +170,6 @@ except cfg.ConfigError as error:
     raise WorkflowError(str(error)) from None
 
 FIGURE = f"{RESULTS}/report/figures/{{study}}/{{figure}}"
-FIGURE_RUNS = {run.id: run for run in RUNS}
 
 
 def study_figures(study):
@@ -203,7 +202,7 @@ def _figure(wildcards):
 def figure_inputs(wildcards):
     """The files a figure is drawn from, by kind (cnnrepro.figures.make names them)."""
     figure = _figure(wildcards)
-    runs = [FIGURE_RUNS[run_id].wildcards for run_id in figure.runs]
+    runs = [RUNS_BY_ID[run_id].wildcards for run_id in figure.runs]
     files = {"metrics": [expand(rules.train.output.metrics, **w)[0] for w in runs]}
     if figure.kind in ("curves", "published"):
         files["histories"] = [expand(rules.train.output.history, **w)[0] for w in runs]

@@ -385,8 +385,6 @@ def report_targets(studies=None):
 # Partial results (--keep-going is on in profiles/default): when jobs failed, the other jobs still ran, and this
 # renders every study's tables and pages, and the full report, from the records that exist. The PDFs are left out.
 def render_partial_report():
-    from pathlib import Path
-
     from cnnrepro import report as rep
 
     def existing(paths):

@@ -10,13 +10,15 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+# One rule file per stage, in the order the work flows (cnnrepro's folders of the same names), then the workflow's
+# own life around the jobs.
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
-include: "workflow/rules/train.smk"
-include: "workflow/rules/benchmark.smk"
-include: "workflow/rules/aggregate.smk"
-include: "workflow/rules/figures.smk"
+include: "workflow/rules/engine.smk"
+include: "workflow/rules/bench.smk"
+include: "workflow/rules/tables.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/lifecycle.smk"
 
 
 rule all:
@@ -24,5 +26,5 @@ rule all:
     input:
         # the full report and every study's own page (HTML, LaTeX, and PDF when pdflatex is installed)
         report_targets(),
-        # every study's figures (cnnrepro.figures.plan)
+        # every study's figures (cnnrepro.report.figure_plan)
         all_figures(),

@@ -3,7 +3,7 @@
 (a) "torchvision": a Dataset that turns each uint8 HWC image into a PIL image and applies
     RandomCrop(32, padding=4) + RandomHorizontalFlip + ToTensor + Normalize (seed 002's
     transform), fed by DataLoader(batch_size=128, shuffle=True, num_workers=W).
-(b) "cnnrepro": the training engine's own path (cnnrepro.splits.Split + augment.build_batch_transform
+(b) "cnnrepro": the training engine's own path (cnnrepro.data.splits.Split + augment.build_batch_transform
     with augment="crop_flip" and the same mean/std): the split is one uint8 tensor on the device,
     each batch is a random-permutation index plus one batched transform.
 
@@ -40,9 +40,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from cnnrepro import augment, datasets
+from cnnrepro.data import augment, sources
+from cnnrepro.data.splits import Split
 from cnnrepro.models import build_model
-from cnnrepro.splits import Split
 
 # ../shared/data beside the repository (see the README); CNNREPRO_SHARED_DATA points elsewhere.
 SHARED_DATA = Path(os.environ.get("CNNREPRO_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -66,7 +66,7 @@ def load_images(path: str, n: int) -> tuple[np.ndarray, np.ndarray, str]:
         source = f"{path} (real CIFAR-10 subset, {len(x)} images)"
     else:
         # Same shapes and dtype as CIFAR-10; the timings do not depend on pixel content.
-        tr_x, tr_y = datasets.make_synthetic("cifar10", max(n, 1), 10)["train"]
+        tr_x, tr_y = sources.make_synthetic("cifar10", max(n, 1), 10)["train"]
         x, y = tr_x.permute(0, 2, 3, 1).contiguous().numpy(), tr_y.numpy()
         source = f"synthetic CIFAR-10 stand-in ({path} not found)"
     if n > len(x):

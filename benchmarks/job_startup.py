@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import csv
 import json
 import os
 import pickle
@@ -39,6 +38,8 @@ import tempfile
 import time
 from datetime import date
 from pathlib import Path
+
+from compare_results import compare_tables
 
 REPO = Path(__file__).resolve().parents[1]
 SIDES = ("before", "after")
@@ -62,10 +63,6 @@ FLOOR = {
     "import pandas": "import pandas",
     "import matplotlib.pyplot": "import matplotlib.pyplot",
 }
-
-# Table columns that hold a time, a rate or a memory measurement: they differ between any two runs.
-TIMING_COLUMN = re.compile(r"(time|_ms|seconds|_s_|_s$|latency|throughput|per_s|images_s|peak|eta|date|started|"
-                           r"finished|duration|hours|load)", re.IGNORECASE)
 
 
 def run_measured(cmd: list[str], cwd: Path, env: dict, log: Path | None = None) -> tuple[float, float, int]:
@@ -182,7 +179,10 @@ def time_jobs(repeats: int, roots: dict[str, Path], scripts: dict[str, dict[str,
 DATA_SNIPPET = """
 import json, resource, sys, time
 import torch
-from cnnrepro.datasets import read_compact
+try:
+    from cnnrepro.data.compact import read_compact
+except ImportError:  # a revision before the package was laid out by stage
+    from cnnrepro.datasets import read_compact
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 cpu, wall = time.process_time(), time.perf_counter()
 data = read_compact(sys.argv[1])
@@ -194,7 +194,11 @@ print(json.dumps({"cpu": time.process_time() - cpu, "wall": time.perf_counter() 
 
 def make_data(root: Path, path: Path, n_train: int, n_test: int) -> None:
     """A compact MNIST-shaped file of real MNIST's size (synthetic pixels: loading time depends on bytes only)."""
-    code = ("import sys; from cnnrepro.datasets import make_synthetic, write_compact; "
+    code = ("import sys\n"
+            "try:\n    from cnnrepro.data.sources import make_synthetic\n"
+            "    from cnnrepro.data.compact import write_compact\n"
+            "except ImportError:  # a revision before the package was laid out by stage\n"
+            "    from cnnrepro.datasets import make_synthetic, write_compact\n"
             "write_compact(make_synthetic('mnist', int(sys.argv[2]), int(sys.argv[3]), 0), sys.argv[1], "
             "{'dataset': 'mnist'})")
     subprocess.run([sys.executable, "-c", code, str(path), str(n_train), str(n_test)], cwd=root, env=side_env(root),
@@ -209,36 +213,6 @@ def time_data(repeats: int, roots: dict[str, Path], path: Path) -> dict:
                                   env=side_env(roots[side]), capture_output=True, text=True, check=True)
             samples[side].append(json.loads(done.stdout.strip().splitlines()[-1]))
     return {side: {key: median([s[key] for s in runs]) for key in runs[0]} for side, runs in samples.items()}
-
-
-def read_tables(folder: Path) -> dict[str, list[dict]]:
-    return {str(path.relative_to(folder)): list(csv.DictReader(path.open(encoding="utf-8")))
-            for path in sorted(folder.rglob("*.csv"))}
-
-
-def compare_tables(before: Path, after: Path) -> list[str]:
-    """Differences between two runs' tables on every column that is not a time; [] when they agree."""
-    differences = []
-    old, new = read_tables(before), read_tables(after)
-    for name in sorted(set(old) | set(new)):
-        if name not in old or name not in new:
-            differences.append(f"{name}: only in {'after' if name in new else 'before'}")
-            continue
-        if len(old[name]) != len(new[name]):
-            differences.append(f"{name}: {len(old[name])} rows before, {len(new[name])} after")
-            continue
-        columns_old = set(old[name][0]) if old[name] else set()
-        columns_new = set(new[name][0]) if new[name] else set()
-        if columns_old != columns_new:
-            differences.append(f"{name}: columns only before {sorted(columns_old - columns_new)}, "
-                               f"only after {sorted(columns_new - columns_old)}")
-        compared = sorted(c for c in columns_old & columns_new if not TIMING_COLUMN.search(c))
-        # Paths (the log column) name each side's own results folder: compare them relative to it.
-        roots = (str(before.parent), str(after.parent))
-        for i, (a, b) in enumerate(zip(old[name], new[name])):
-            differences += [f"{name} row {i + 1} column {c}: {a[c]!r} -> {b[c]!r}" for c in compared
-                            if a[c].replace(roots[0], "<results>") != b[c].replace(roots[1], "<results>")]
-    return differences
 
 
 def time_smoke(repeats: int, roots: dict[str, Path], work: Path) -> dict:

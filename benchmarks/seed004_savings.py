@@ -3,7 +3,7 @@
 Seed 004 as config.yaml has it (SqueezeNet v1.1 at 48 px, Adam lr 1e-3, MSE, batch 250, the validation split
 carved from the training data, Keras's head initialisation) on the real CIFAR-10 subset in ../shared/data
 (10,000 images; 2,000 become the test split, stratified, seed 0, as presets/offline.yaml does), through the real
-engine, ``cnnrepro.train.train_run``, writing everything a workflow job writes:
+engine, ``cnnrepro.engine.train.train_run``, writing everything a workflow job writes:
 
 1. **frozen-prefix caching** (``recipe.feature_cache``, on by default): at each of the three freeze levels, the
    run with the frozen prefix's output computed once (``head``: conv1 … fire9; ``last_two_fire_and_head``:
@@ -42,7 +42,8 @@ from pathlib import Path
 import torch
 
 from cnnrepro import config as cfg
-from cnnrepro import datasets, train
+from cnnrepro.data import prepare
+from cnnrepro.engine import train
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CNNREPRO_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -75,7 +76,7 @@ def run_settings(args, epochs: list[int], feature_cache: bool) -> dict[tuple[str
 def prepare_data(args, work: Path) -> Path:
     config = study_config(args, [1], True)
     out = work / "cifar10.pt"
-    datasets.prepare("cifar10", "npz", SHARED, out, cfg.data_settings(config, "cifar10"))
+    prepare.prepare("cifar10", "npz", SHARED, out, cfg.data_settings(config, "cifar10"))
     return out
 
 

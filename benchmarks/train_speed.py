@@ -37,10 +37,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from cnnrepro import augment, datasets, models, train
 from cnnrepro import config as cfgmod
-from cnnrepro.device import device_name
-from cnnrepro.splits import Split
+from cnnrepro import models
+from cnnrepro.data import augment, compact, prepare, sources
+from cnnrepro.data.splits import Split
+from cnnrepro.engine import train
+from cnnrepro.runtime.device import device_name
 
 # ../shared/data beside the repository (see the README); CNNREPRO_SHARED_DATA points elsewhere.
 MNIST_ROOT = Path(os.environ.get("CNNREPRO_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -56,10 +58,10 @@ def load_mnist(n_train: int, n_test: int) -> tuple[dict, str]:
         for name, is_train in (("train", True), ("test", False)):
             ds = torchvision.datasets.MNIST(str(MNIST_ROOT), train=is_train, download=False)
             splits[name] = (ds.data[:, None].contiguous(), ds.targets.long())
-        return datasets.subsample(splits, n_train, n_test, seed=0), f"MNIST from {MNIST_ROOT / 'MNIST'}"
+        return prepare.subsample(splits, n_train, n_test, seed=0), f"MNIST from {MNIST_ROOT / 'MNIST'}"
     except (RuntimeError, OSError) as exc:  # torchvision raises RuntimeError when the files are missing
         print(f"real MNIST unavailable ({exc}); using synthetic data", file=sys.stderr)
-        return datasets.make_synthetic("mnist", n_train, n_test), "synthetic MNIST stand-in"
+        return sources.make_synthetic("mnist", n_train, n_test), "synthetic MNIST stand-in"
 
 
 def seed000_settings(args, feature_cache: bool) -> dict:
@@ -144,7 +146,7 @@ def main(argv=None) -> None:
         with tempfile.TemporaryDirectory(prefix="train_speed_") as tmp:
             work = Path(tmp)
             data_path = work / "mnist.pt"
-            datasets.write_compact(data, data_path, {"dataset": "mnist"})
+            compact.write_compact(data, data_path, {"dataset": "mnist"})
             print(f"\n[1] seed-000 frozen ResNet18 head, {args.epochs} epochs, {len(data['train'][1])} train + "
                   f"{len(data['test'][1])} test images ({source}) at {args.input_size} px, BN eval, "
                   f"{args.repeats} interleaved repeats")

@@ -9,7 +9,7 @@ stratified, seed 0), for the models in ``--models``:
   ``DataLoader(batch_size=128, shuffle=True, num_workers=W)``, the same model class and initial weights, Adam,
   ``--epochs`` epochs, then one evaluation of the test split (the PyTorch CIFAR-10 tutorial's shape; W = 2 is
   the tutorial's value, W = 0 is what is fastest on 2 cores). ``+cl``: model and batches in channels_last.
-* **job**: cnnrepro's training job, ``cnnrepro.train.train_run`` on the compact dataset file, writing weights,
+* **job**: cnnrepro's training job, ``cnnrepro.engine.train.train_run`` on the compact dataset file, writing weights,
   history, metrics and checkpoints as in the workflow. ``eval1`` is config.yaml as it stands (faithful: the eval
   split, which for seed 001 is the test split, is evaluated every epoch); ``evalN`` is the opt-in
   ``recipe.eval_every: <epochs>`` (evaluate after the last epoch only, as the textbook loop does); ``+cl`` adds
@@ -60,19 +60,20 @@ def prepare(work: Path, train_images: int, test_images: int) -> dict:
     import numpy as np
     import torch
 
-    from cnnrepro import datasets
+    from cnnrepro.data.compact import write_compact
+    from cnnrepro.data.splits import stratified_split
 
     raw = np.load(SHARED / "cifar10_train.npz")
     x, y = raw["x"], raw["y"]
-    train_idx, test_idx = datasets.stratified_split(torch.as_tensor(y), test_images, seed=0)
+    train_idx, test_idx = stratified_split(torch.as_tensor(y), test_images, seed=0)
     train_idx = train_idx[:train_images] if train_images < len(train_idx) else train_idx
     arrays = work / "split.npz"
     np.savez(arrays, x_train=x[train_idx.numpy()], y_train=y[train_idx.numpy()], x_test=x[test_idx.numpy()],
              y_test=y[test_idx.numpy()])
     chw = torch.as_tensor(x).permute(0, 3, 1, 2)
     compact = work / "cifar10.pt"
-    datasets.write_compact({"train": (chw[train_idx], torch.as_tensor(y)[train_idx]),
-                            "test": (chw[test_idx], torch.as_tensor(y)[test_idx])}, compact, {"dataset": "cifar10"})
+    write_compact({"train": (chw[train_idx], torch.as_tensor(y)[train_idx]),
+                   "test": (chw[test_idx], torch.as_tensor(y)[test_idx])}, compact, {"dataset": "cifar10"})
     return {"arrays": str(arrays), "compact": str(compact), "train": len(train_idx), "test": len(test_idx)}
 
 
@@ -87,11 +88,12 @@ def textbook(args: dict) -> dict:
     from torch import nn
     from torch.utils.data import DataLoader, Dataset
 
-    from cnnrepro import datasets, models
+    from cnnrepro import models
+    from cnnrepro.data import catalog
 
     torch.set_num_threads(args["threads"])
     data = np.load(args["arrays"])
-    stats = datasets.DATASETS["cifar10"]
+    stats = catalog.DATASETS["cifar10"]
     transform = T.Compose([T.ToTensor(), T.Normalize(stats.mean, stats.std)])
 
     class CIFAR(Dataset):
@@ -133,7 +135,7 @@ def job(args: dict) -> dict:
     import logging
 
     from cnnrepro import config as cfg
-    from cnnrepro import train
+    from cnnrepro.engine import train
 
     study = {k: v for k, v in cfg.load_yaml(REPO / "config.yaml")["studies"][STUDY].items()
              if k not in ("tables", "figures")}

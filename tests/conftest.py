@@ -82,8 +82,8 @@ def smoke(tmp_path_factory):
 @pytest.fixture(scope="module")
 def data_file(tmp_path_factory) -> Path:
     """A small synthetic MNIST as the compact file training reads (256 train, 128 test images)."""
-    from cnnrepro import datasets
+    from cnnrepro.data import compact, sources
 
     path = tmp_path_factory.mktemp("data") / "mnist.pt"
-    datasets.write_compact(datasets.make_synthetic("mnist", 256, 128), path, {"dataset": "mnist"})
+    compact.write_compact(sources.make_synthetic("mnist", 256, 128), path, {"dataset": "mnist"})
     return path

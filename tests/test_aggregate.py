@@ -3,7 +3,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cnnrepro import aggregate, config as cfg, io
+from cnnrepro import config as cfg
+from cnnrepro import startup
+from cnnrepro.runtime import io
+from cnnrepro.tables import aggregate, layout, specs
+from cnnrepro.tables import summary as run_summary
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,7 +49,7 @@ def write_inputs(config, root, records=None):
                                                             run.variant, run.seed, grid=grid)
         metrics.append(root / "metrics" / f"{i}.json")
         io.write_json(metrics[-1], record)
-    for i, key in enumerate(aggregate.benchmarks(config)):
+    for i, key in enumerate(run_summary.benchmarks(config)):
         bench.append(root / "bench" / f"{i}.json")
         io.write_json(bench[-1], bench_record(*key))
     return metrics, bench
@@ -65,9 +69,9 @@ def run_aggregate(config, root, metrics, bench):
 
 
 def test_summary_picks_the_papers_size_unit():
-    c10 = aggregate.summarize(fake_record("s", "cifar10", "m", size_unit="MB_1024000"), bench_cpu(),
+    c10 = run_summary.summarize(fake_record("s", "cifar10", "m", size_unit="MB_1024000"), bench_cpu(),
                               {"measured": False, "reason": "not measured: no CUDA device"})
-    c100 = aggregate.summarize(fake_record("s", "cifar100", "m", size_unit="MiB"), bench_cpu(), None)
+    c100 = run_summary.summarize(fake_record("s", "cifar100", "m", size_unit="MiB"), bench_cpu(), None)
     assert c10["size_MB_paper_unit"] == 3.07 and c100["size_MB_paper_unit"] == 3.0
     assert c10["gpu_not_measured"] == "not measured: no CUDA device" and "gpu_time_ms_mean" not in c10
     assert c10["test_f1_by_class"]["macro avg"] == pytest.approx(0.45)
@@ -78,7 +82,7 @@ def test_paper_table_keeps_printed_digits_and_means_over_seeds(tmp_path):
     table = {"file": "t.csv", "match": {"model": {"A": {"model": "a"}, "B": {"model": "b"}},
                                         "dataset": {"CIFAR-10": {"dataset": "cifar10"}}},
              "metrics": {"acc_pct": "test_top1_pct", "loss": "train_loss_last", "missing_col": "x"}}
-    summaries = [aggregate.summarize(fake_record("s", "cifar10", "a", seed=s, top1=t)) for s, t in ((0, .5), (1, .7))]
+    summaries = [run_summary.summarize(fake_record("s", "cifar10", "a", seed=s, top1=t)) for s, t in ((0, .5), (1, .7))]
     frame = aggregate.paper_table(table, "s", summaries, tmp_path / "t.csv")
     per_metric = ["paper", "ours", "ours_std", "ours_n", "ours_ci95_low", "ours_ci95_high", "verdict", "reason"]
     assert list(frame.columns) == ["model", "dataset", *(f"acc_pct_{c}" for c in per_metric),
@@ -104,7 +108,7 @@ def test_match_by_run_field_and_templates(tmp_path):
                                         "epochs": "recipe.epochs"},
              "metrics": {"f1": "test_f1_by_class.{class}"}}
     # A limit capped the epochs that ran to 1; rows still select by the configured grid value.
-    runs = [aggregate.summarize(fake_record("s", "cifar10", "m", recipe={"batch_size": bs, "epochs": 1},
+    runs = [run_summary.summarize(fake_record("s", "cifar10", "m", recipe={"batch_size": bs, "epochs": 1},
                                             grid={"recipe.batch_size": bs, "recipe.epochs": 300}))
             for bs in (250, 500)]
     frame = aggregate.paper_table(table, "s", runs, tmp_path / "t.csv")
@@ -157,7 +161,7 @@ def test_a_metrics_file_of_an_unknown_run_is_an_error_naming_the_file(raw_config
 def test_a_configured_benchmark_without_its_record_is_an_error(raw_config, tmp_path):
     config = cfg.validate(raw_config)
     metrics, bench = write_inputs(config, tmp_path)
-    study, dataset, model, freeze, kind = aggregate.benchmarks(config)[0]
+    study, dataset, model, freeze, kind = run_summary.benchmarks(config)[0]
     with pytest.raises(ValueError, match=f"benchmark {study}/{dataset}/{model}/{freeze} \\({kind}\\)"):
         run_aggregate(config, tmp_path, metrics, bench[1:])
 
@@ -187,7 +191,7 @@ def test_two_tables_with_one_file_name_are_a_config_error_naming_both(raw_config
     raw_config["studies"]["seed003_kmnist_fcnn_cnn"]["tables"].append(
         {"file": str(copy), "metrics": {"test_acc_pct": "test_top1_pct"}})
     with pytest.raises(cfg.ConfigError) as error:
-        cfg.validate(raw_config)
+        startup.check(raw_config)
     message = str(error.value)
     assert "studies.seed003_kmnist_fcnn_cnn.tables[1].file" in message
     assert "studies.seed001_resnet_mobilenet_cifar10.tables[0].file" in message
@@ -196,7 +200,7 @@ def test_two_tables_with_one_file_name_are_a_config_error_naming_both(raw_config
 
 def test_diverged_runs_are_listed_without_numbers():
     record = {"status": "diverged", "settings": fake_record("s", "cifar10", "m")["settings"], "epochs_run": 2}
-    summary = aggregate.summarize(record)
+    summary = run_summary.summarize(record)
     assert summary["status"] == "diverged" and "test_top1_pct" not in summary
     frame = aggregate.model_comparison([summary])
     assert len(frame) == 1 and pd.isna(frame.loc[0, "test_top1_pct"])
@@ -229,7 +233,7 @@ def test_notes_of_each_kind_land_on_their_rows_and_cells(tmp_path):
         "[1] on the table; [2] on the acc column; [3] on row B",
     ]
     rows = frame.to_dict("records")
-    notes = aggregate.place_notes(table, "t.csv", ["model", "dataset"], ["acc", "size"], rows)
+    notes = layout.place_notes(table, "t.csv", ["model", "dataset"], ["acc", "size"], rows)
     assert notes.texts == ["on the table", "on the acc column", "on row B", "on one cell"]
     assert notes.table == [1]
     assert notes.rows == [[], [], [3]]
@@ -256,10 +260,10 @@ def test_a_bad_note_in_the_config_fails_the_config_check_and_aggregation(raw_con
     raw_config["studies"]["seed001_resnet_mobilenet_cifar10"]["tables"][0]["notes"] = [
         {"metric": "top1_acc_pct", "text": "x"}]
     with pytest.raises(cfg.ConfigError, match="seed001_accuracy_cifar10.csv.*'top1_acc_pct'"):
-        cfg.validate(raw_config)  # before any job starts (the schema's defaults are filled by then)
-    # Aggregation checks again, before it reads any input, for a config that did not go through validate.
+        startup.check(raw_config)  # before any job starts (the schema's defaults are filled by then)
+    # Aggregation checks again, before it reads any input, for a config that did not go through the start-up.
     with pytest.raises(ValueError, match="seed001_accuracy_cifar10.csv.*'top1_acc_pct'"):
-        aggregate.check_table_notes(raw_config)
+        specs.check_paper_tables(raw_config)
     with pytest.raises(ValueError, match="seed001_accuracy_cifar10.csv.*'top1_acc_pct'"):
         run_aggregate(raw_config, tmp_path, [], [])
 
@@ -275,11 +279,11 @@ def test_device_and_deviations_of_the_matching_runs(tmp_path):
                                                                        device="NVIDIA H100")),
                fake_record("s", "cifar100", "a", extra=speed()),  # faithful
                fake_record("s", "cifar10", "b")]  # an old record: no device name, no speed block
-    summaries = [aggregate.summarize(r) for r in records]
+    summaries = [run_summary.summarize(r) for r in records]
     assert summaries[0]["deviations"] == ["bf16 autocast", "channels_last"] and summaries[3]["deviations"] == []
     frame = aggregate.paper_table(notes_table(metrics={"acc": "test_top1_pct"}), "s", summaries,
                                   tmp_path / "t.csv")
-    assert list(frame.columns) == ["model", "dataset", "size", *(f"acc{suffix}" for suffix in aggregate.METRIC_SUFFIXES),
+    assert list(frame.columns) == ["model", "dataset", "size", *(f"acc{suffix}" for suffix in layout.METRIC_SUFFIXES),
                                    "runs_ours", "status_ours", "device_ours", "deviations_ours", "notes"]
     assert frame["device_ours"].tolist() == ["NVIDIA A100; NVIDIA H100", "NVIDIA A100", ""]
     assert frame["deviations_ours"].tolist() == ["bf16 autocast, channels_last, TF32 matmul", "", ""]
@@ -294,7 +298,7 @@ def test_device_and_deviations_of_the_matching_runs(tmp_path):
 
 def test_the_device_column_names_the_benchmark_devices_of_the_latencies_shown(tmp_path):
     (tmp_path / "t.csv").write_text("model,acc,cpu_ms\nA,90.0,5.0\n")
-    summary = aggregate.summarize(fake_record("s", "cifar10", "a", extra=speed(device="NVIDIA A100")), bench_cpu())
+    summary = run_summary.summarize(fake_record("s", "cifar10", "a", extra=speed(device="NVIDIA A100")), bench_cpu())
     table = {"file": "t.csv", "match": {"model": {"A": {"model": "a"}}}, "metrics": {"acc": "test_top1_pct"}}
     assert aggregate.paper_table(table, "s", [summary], tmp_path / "t.csv")["device_ours"].tolist() == [
         "NVIDIA A100"]
@@ -327,7 +331,7 @@ def test_the_real_configs_notes_land_where_intended(raw_config, tmp_path):
     table1 = next(t for t in config["studies"]["seed002_squeezenet_dsc"]["tables"]
                   if t["file"] == "seed002_table1_squeezenet.csv")
     frame = pd.read_csv(written["seed002_table1_squeezenet.csv"], dtype=str, keep_default_na=False)
-    placed = aggregate.place_notes(table1, "t1", ["model", "dataset"], list(table1["metrics"]),
+    placed = layout.place_notes(table1, "t1", ["model", "dataset"], list(table1["metrics"]),
                                    frame.to_dict("records"))
     assert frame["dataset"].tolist() == ["CIFAR-10", "CIFAR-100"]
     assert [cells["size_MB"] for cells in placed.cells] == [[2], [3]]
@@ -354,7 +358,7 @@ def study_inputs(config, root, study, records=None):
     ours = [p for p in metrics if io.read_json(p)["settings"]["study"] == study]
     benches = [p for p in bench if io.read_json(p)["study"] == study]
     paper, out = table_files(config, root / "out")
-    names = aggregate.study_tables(config, study)
+    names = layout.study_tables(config, study)
     return ours, benches, {n: paper[n] for n in names}, {n: out[n] for n in names}
 
 
@@ -456,18 +460,18 @@ def test_a_layout_that_cannot_print_the_table_is_an_error_naming_the_key(tmp_pat
     table = {"file": str(path), "metrics": {"acc": "test_top1_pct", "size": "size_MB_paper_unit"}, "layout": layout}
     records = pd.read_csv(path, dtype=str).to_dict("records")
     with pytest.raises(ValueError, match=words):
-        aggregate.check_layout(table, "studies.s.tables[0]", path, ["model", "dataset"], ["acc", "size"], records)
+        specs.check_layout(table, "studies.s.tables[0]", path, ["model", "dataset"], ["acc", "size"], records)
 
 
 def test_a_bad_layout_in_the_config_stops_before_any_job(raw_config):
     raw_config["studies"]["seed003_kmnist_fcnn_cnn"]["tables"][0]["layout"] = {"rows": ["klass"],
                                                                               "columns": ["experiment"]}
     with pytest.raises(cfg.ConfigError, match=r"studies.seed003_kmnist_fcnn_cnn.tables\[0\].layout.rows\[0\].*'klass'"):
-        cfg.validate(raw_config)
+        startup.check(raw_config)
 
 
 def test_default_layout_rows_are_the_key_columns_that_vary(raw_config):
     config = cfg.validate(cfg.deep_merge(raw_config, cfg.load_yaml(REPO / "tests" / "data" / "sixth_study.yaml")))
     table = config["studies"]["tiny_mnist_fcnn_vs_cnn"]["tables"][0]
     records = pd.read_csv(cfg.paper_table_path(config, table), dtype=str).to_dict("records")
-    assert aggregate.layout_dims(table, ["source", "model"], records) == (["model"], ["metric"])
+    assert layout.layout_dims(table, ["source", "model"], records) == (["model"], ["metric"])

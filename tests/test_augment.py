@@ -1,4 +1,4 @@
-"""Tests for cnnrepro.augment (CPU, fast)."""
+"""Tests for cnnrepro.data.augment (CPU, fast)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cnnrepro import augment as A
+from cnnrepro.data import augment as A
 
 
 def gen(seed: int = 0) -> torch.Generator:

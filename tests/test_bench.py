@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from cnnrepro import bench
+from cnnrepro.bench import measure, trained
 from tests.conftest import bench_options
 
 
@@ -48,7 +48,7 @@ def _assert_latency_stats(rec: dict) -> None:
 
 def test_size_conventions_on_known_bytes():
     model = nn.Linear(1000, 1000, bias=False)  # 1e6 float32 = 4,000,000 bytes of weights
-    rec = bench.size_record(model, num_classes=1000)
+    rec = measure.size_record(model, num_classes=1000)
     assert rec["params_total"] == 1_000_000
     assert rec["params_trainable"] == 1_000_000
     assert rec["buffers_total"] == 0
@@ -65,7 +65,7 @@ def test_size_conventions_on_known_bytes():
 def test_params_trainable_and_buffers():
     model = TinyNet()
     model.conv.weight.requires_grad_(False)
-    rec = bench.size_record(model)
+    rec = measure.size_record(model)
     total = sum(p.numel() for p in model.parameters())
     assert rec["params_total"] == total
     assert rec["params_trainable"] == total - model.conv.weight.numel()
@@ -80,14 +80,14 @@ def test_size_record_rejects_unpicklable_module():
             self.fc = nn.Linear(2, 2)
 
     with pytest.raises(TypeError, match="importable"):
-        bench.size_record(Local())
+        measure.size_record(Local())
 
 
 # ----------------------------------------------------------------------------- FLOPs
 
 
 def test_flops_linear():
-    rec = bench.flops_record(nn.Linear(100, 10), (100,))
+    rec = measure.flops_record(nn.Linear(100, 10), (100,))
     assert rec["flops_forward"] == 2000
     assert rec["macs_forward"] == 1000
     assert rec["input_shape"] == [100]
@@ -96,20 +96,20 @@ def test_flops_linear():
 def test_flops_conv_known_output():
     # 3->16, 3x3, stride 1, pad 1 on 8x8: output 16x8x8, each output 3*3*3 MACs
     conv = nn.Conv2d(3, 16, 3, padding=1, bias=False)
-    rec = bench.flops_record(conv, (3, 8, 8))
+    rec = measure.flops_record(conv, (3, 8, 8))
     assert rec["flops_forward"] == 2 * 16 * 8 * 8 * 27
 
 
 def test_flops_depthwise_forward():
     # depthwise 8 channels, 3x3, pad 1 on 8x8: each output 3*3 MACs (not 8*3*3)
     dw = nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)
-    rec = bench.flops_record(dw, (8, 8, 8))
+    rec = measure.flops_record(dw, (8, 8, 8))
     assert rec["flops_forward"] == 2 * 8 * 8 * 8 * 9
 
 
 def test_flops_restores_training_mode():
     model = TinyNet().train()
-    bench.flops_record(model, SHAPE)
+    measure.flops_record(model, SHAPE)
     assert model.training
 
 
@@ -119,7 +119,7 @@ def test_flops_restores_training_mode():
 def test_latency_correct_fields_and_stats():
     model = TinyNet()
     calls = []
-    rec = bench.latency_correct(
+    rec = measure.latency_correct(
         model, torch.randn(1, *SHAPE), "cpu", runs=7, warmup=2, num_threads=1, sync=lambda: calls.append(1)
     )
     assert LATENCY_FIELDS <= set(rec)
@@ -132,34 +132,34 @@ def test_latency_correct_fields_and_stats():
 def test_latency_correct_restores_threads_and_mode():
     before = torch.get_num_threads()
     model = TinyNet().train()
-    bench.latency_correct(model, torch.randn(1, *SHAPE), "cpu", runs=2, warmup=0, num_threads=1)
+    measure.latency_correct(model, torch.randn(1, *SHAPE), "cpu", runs=2, warmup=0, num_threads=1)
     assert torch.get_num_threads() == before
     assert model.training
 
 
 def test_latency_correct_rejects_zero_runs():
     with pytest.raises(ValueError):
-        bench.latency_correct(TinyNet(), torch.randn(1, *SHAPE), "cpu", runs=0, warmup=0, num_threads=1)
+        measure.latency_correct(TinyNet(), torch.randn(1, *SHAPE), "cpu", runs=0, warmup=0, num_threads=1)
 
 
 def test_latency_paper_tensor_and_iterable():
     model = TinyNet()
-    rec = bench.latency_paper(model, torch.randn(5, *SHAPE), "cpu")
+    rec = measure.latency_paper(model, torch.randn(5, *SHAPE), "cpu")
     assert rec["runs"] == 5
     assert rec["method"] == "paper-faithful (unsynchronised time.time, warm-up included)"
     assert rec["std_ms"] >= 0 and rec["mean_ms"] >= 0
     assert math.isfinite(rec["mean_ms"]) and math.isfinite(rec["std_ms"])
 
     batches = [torch.randn(1, *SHAPE) for _ in range(3)] + [torch.randn(*SHAPE)]
-    assert bench.latency_paper(model, batches, "cpu")["runs"] == 4
+    assert measure.latency_paper(model, batches, "cpu")["runs"] == 4
     pairs = [(torch.randn(2, *SHAPE), torch.tensor([0, 1]))]  # DataLoader-style, split into singles
-    assert bench.latency_paper(model, pairs, "cpu")["runs"] == 2
+    assert measure.latency_paper(model, pairs, "cpu")["runs"] == 2
 
 
 def test_latency_paper_std_is_population(monkeypatch):
     ticks = iter([0.0, 0.001, 1.0, 1.003])  # two calls: 1 ms and 3 ms
-    monkeypatch.setattr(bench.time, "time", lambda: next(ticks))
-    rec = bench.latency_paper(nn.Identity(), torch.zeros(2, 1), "cpu")
+    monkeypatch.setattr(measure.time, "time", lambda: next(ticks))
+    rec = measure.latency_paper(nn.Identity(), torch.zeros(2, 1), "cpu")
     assert rec["mean_ms"] == pytest.approx(2.0)
     assert rec["std_ms"] == pytest.approx(1.0)  # population std, not the sample std (1.414)
 
@@ -168,7 +168,7 @@ def test_latency_paper_std_is_population(monkeypatch):
 
 
 def test_throughput_positive():
-    recs = bench.throughput(TinyNet(), SHAPE, "cpu", batch_sizes=(1, 4), runs=3, num_threads=1)
+    recs = measure.throughput(TinyNet(), SHAPE, "cpu", batch_sizes=(1, 4), runs=3, num_threads=1)
     assert [r["batch_size"] for r in recs] == [1, 4]
     for r in recs:
         assert r["images_per_s"] > 0 and math.isfinite(r["images_per_s"])
@@ -177,7 +177,7 @@ def test_throughput_positive():
 
 
 def test_peak_memory_cpu():
-    rec = bench.peak_inference_memory(TinyNet(), torch.randn(1, *SHAPE), "cpu")
+    rec = measure.peak_inference_memory(TinyNet(), torch.randn(1, *SHAPE), "cpu")
     assert isinstance(rec["peak_bytes"], int) and rec["peak_bytes"] >= 0
     assert rec["method"].startswith("cpu")
 
@@ -189,15 +189,15 @@ def test_peak_memory_cpu_sees_a_large_allocation():
             return x + y.sum()
 
     assert Path("/proc/self/clear_refs").exists(), "Linux exposes the peak-RSS reset this measurement uses"
-    rec = bench.peak_inference_memory(Big(), torch.zeros(1), "cpu")
+    rec = measure.peak_inference_memory(Big(), torch.zeros(1), "cpu")
     assert "clear_refs" in rec["method"] and rec["peak_bytes"] >= 32 * 2**20
 
 
 def test_peak_memory_cpu_falls_back_to_maxrss_growth(monkeypatch):
-    monkeypatch.setattr(bench, "_reset_peak_rss", lambda: False)
+    monkeypatch.setattr(measure, "_reset_peak_rss", lambda: False)
     readings = iter([100 * 2**20, 164 * 2**20])  # ru_maxrss before and after the call
-    monkeypatch.setattr(bench, "_maxrss_bytes", lambda: next(readings))
-    rec = bench.peak_inference_memory(TinyNet(), torch.randn(1, *SHAPE), "cpu")
+    monkeypatch.setattr(measure, "_maxrss_bytes", lambda: next(readings))
+    rec = measure.peak_inference_memory(TinyNet(), torch.randn(1, *SHAPE), "cpu")
     assert rec["method"] == "cpu: growth of getrusage ru_maxrss (lower bound)" and rec["peak_bytes"] == 64 * 2**20
 
 
@@ -205,7 +205,7 @@ def test_peak_memory_cpu_falls_back_to_maxrss_growth(monkeypatch):
 
 
 def test_device_record_cpu():
-    rec = bench.device_record("cpu")
+    rec = measure.device_record("cpu")
     assert rec["device"] == "cpu"
     assert isinstance(rec["device_name"], str) and rec["device_name"]
     assert rec["cpu_count"] >= 1
@@ -215,25 +215,25 @@ def test_device_record_cpu():
 
 
 def test_not_measured_record():
-    rec = bench.not_measured_record("not measured: no CUDA device", "gpu")
+    rec = measure.not_measured_record("not measured: no CUDA device", "gpu")
     assert rec == {"measured": False, "reason": "not measured: no CUDA device", "device_kind": "gpu"}
 
 
 def test_run_benchmark_gpu_without_cuda(monkeypatch):
-    monkeypatch.setattr(bench.devices, "cuda_available", lambda: False)
-    rec = bench.run_benchmark(TinyNet(), SHAPE, "gpu", bench_options())
+    monkeypatch.setattr(measure.devices, "cuda_available", lambda: False)
+    rec = measure.run_benchmark(TinyNet(), SHAPE, "gpu", bench_options())
     assert rec == {"measured": False, "reason": "not measured: no CUDA device", "device_kind": "gpu"}
 
 
 def test_run_benchmark_rejects_unknown_kind():
     with pytest.raises(ValueError):
-        bench.run_benchmark(TinyNet(), SHAPE, "tpu", bench_options())
+        measure.run_benchmark(TinyNet(), SHAPE, "tpu", bench_options())
 
 
 def test_run_benchmark_cpu_full_record():
     before = torch.get_num_threads()
     settings = bench_options(runs=4, warmup=1, num_threads=1, paper_runs=6, batch_sizes=[1, 2], throughput_runs=2)
-    rec = bench.run_benchmark(TinyNet(), SHAPE, "cpu", settings)
+    rec = measure.run_benchmark(TinyNet(), SHAPE, "cpu", settings)
     assert torch.get_num_threads() == before
     assert rec["measured"] is True
     assert rec["device"]["device"] == "cpu"
@@ -249,7 +249,7 @@ def test_run_benchmark_cpu_full_record():
 
 def test_benchmark_model_paper_inputs_and_default_threads():
     before = torch.get_num_threads()
-    rec = bench.benchmark_model(
+    rec = measure.benchmark_model(
         TinyNet(), SHAPE, "cpu", bench_options(runs=3, warmup=0, batch_sizes=[1], throughput_runs=1, num_threads=None),
         paper_inputs=torch.randn(3, *SHAPE),
     )
@@ -258,9 +258,9 @@ def test_benchmark_model_paper_inputs_and_default_threads():
 
 
 def test_record_is_json_serialisable(tmp_path):
-    from cnnrepro.io import read_json, write_json
+    from cnnrepro.runtime.io import read_json, write_json
 
-    rec = bench.benchmark_model(
+    rec = measure.benchmark_model(
         TinyNet(), SHAPE, "cpu",
         bench_options(runs=2, warmup=0, paper_runs=2, batch_sizes=[1], throughput_runs=1, num_threads=1),
     )
@@ -282,15 +282,15 @@ class CountingNet(TinyNet):
 
 
 def test_paper_latency_runs_first_with_default_threads(monkeypatch):
-    model, seen, real = CountingNet(), {}, bench.latency_paper
+    model, seen, real = CountingNet(), {}, measure.latency_paper
 
     def spy(timed, inputs, device):
         seen.update(calls_before=model.calls, threads=torch.get_num_threads())
         return real(timed, inputs, device)
 
-    monkeypatch.setattr(bench, "latency_paper", spy)
+    monkeypatch.setattr(measure, "latency_paper", spy)
     default_threads = torch.get_num_threads()
-    rec = bench.benchmark_model(model, SHAPE, "cpu", bench_options(runs=2, warmup=1, paper_runs=3, batch_sizes=[1],
+    rec = measure.benchmark_model(model, SHAPE, "cpu", bench_options(runs=2, warmup=1, paper_runs=3, batch_sizes=[1],
                                                                  throughput_runs=1, num_threads=1))
     # Nothing called the model before the authors' timing: its first-call costs are in the paper numbers.
     assert seen["calls_before"] == 0 and model.calls > 3
@@ -301,9 +301,9 @@ def test_paper_latency_runs_first_with_default_threads(monkeypatch):
 
 def test_authors_data_parallel_wrapper_only_on_the_gpu():
     model = TinyNet()
-    assert isinstance(bench.wrap_like_authors(model, "cuda", True), nn.DataParallel)
-    assert bench.wrap_like_authors(model, "cuda", False) is model
-    assert bench.wrap_like_authors(model, "cpu", True) is model  # the CPU run of main.py used the bare model
+    assert isinstance(measure.wrap_like_authors(model, "cuda", True), nn.DataParallel)
+    assert measure.wrap_like_authors(model, "cuda", False) is model
+    assert measure.wrap_like_authors(model, "cpu", True) is model  # the CPU run of main.py used the bare model
     # The wrapper computes the same function (on a CPU-only machine it calls the module directly).
     x = torch.randn(2, *SHAPE)
     with torch.no_grad():
@@ -311,22 +311,23 @@ def test_authors_data_parallel_wrapper_only_on_the_gpu():
 
 
 def test_paper_examples_are_transformed_one_at_a_time(tmp_path):
-    from cnnrepro import datasets
+    from cnnrepro.data import compact, sources
 
     data = tmp_path / "mnist.pt"
-    datasets.write_compact(datasets.make_synthetic("mnist", 20, 30), data, {"dataset": "mnist"})
+    compact.write_compact(sources.make_synthetic("mnist", 20, 30), data, {"dataset": "mnist"})
     settings = {"input": {"size": 64, "rgb": True, "mean": [0.5] * 3, "std": [0.25] * 3}, "augment": "none",
                 "speed": {"channels_last": False}}
-    examples = bench.PaperExamples(settings, data, 25)
+    examples = trained.PaperExamples(settings, data, 25)
     batches = list(examples)
     assert len(examples) == 25 and len(batches) == 25 and examples.shape_chw == (3, 64, 64)
     assert all(b.shape == (1, 3, 64, 64) and b.dtype == torch.float32 for b in batches)
     assert examples.images.dtype == torch.uint8  # what is held between examples is the compact uint8 test set
 
 
-# ----------------------------------------------------------------------------- the workflow's job (cnnrepro.bench_job)
+# ----------------------------------------------------------------------------- the workflow's job (cnnrepro.bench.job)
 
-_RUN = {"study": "s", "dataset": "mnist", "model": "cnn", "freeze": "none", "run_id": "s/mnist/cnn/none/base/seed0"}
+_KEY = {"study": "s", "dataset": "mnist", "model": "cnn", "freeze": "none"}  # what the workflow passes
+_RUN = {**_KEY, "run_id": "s/mnist/cnn/none/base/seed0"}
 
 
 def test_a_gpu_job_on_a_machine_without_a_gpu_never_imports_torch(tmp_path):
@@ -335,31 +336,30 @@ def test_a_gpu_job_on_a_machine_without_a_gpu_never_imports_torch(tmp_path):
     import sys
 
     out = tmp_path / "gpu.json"
-    code = ("import sys; from cnnrepro.bench_job import benchmark_job; "
-            f"benchmark_job({_RUN!r}, 'no-weights.pt', 'no-data.pt', 'gpu', {{}}, {str(out)!r}); "
+    code = ("import sys; from cnnrepro.bench.job import benchmark_job; "
+            f"benchmark_job({_KEY!r}, {_RUN!r}, 'no-weights.pt', 'no-data.pt', 'gpu', {{}}, {str(out)!r}); "
             "print('torch' in sys.modules)")
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # no GPU, whatever this machine has
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False", done.stderr
-    expected = bench.not_measured_record("not measured: no CUDA device", "gpu")
-    assert json.loads(out.read_text()) == {**expected, **{k: _RUN[k] for k in ("study", "dataset", "model", "freeze")},
-                                            "weights_of_run": _RUN["run_id"]}
+    expected = measure.not_measured_record("not measured: no CUDA device", "gpu")
+    assert json.loads(out.read_text()) == {**expected, **_KEY, "weights_of_run": _RUN["run_id"]}
 
 
 def test_the_gpu_record_without_torch_equals_the_one_torch_decides(tmp_path, monkeypatch):
-    from cnnrepro import bench_job
+    from cnnrepro.bench import job as bench_job
 
     monkeypatch.setattr(bench_job, "no_gpu_on_this_machine", lambda: True)
-    cheap = bench_job.benchmark_job(_RUN, "w.pt", "d.pt", "gpu", {}, tmp_path / "cheap.json")
+    cheap = bench_job.benchmark_job(_KEY, _RUN, "w.pt", "d.pt", "gpu", {}, tmp_path / "cheap.json")
     monkeypatch.setattr(bench_job, "no_gpu_on_this_machine", lambda: False)  # "maybe a GPU": torch is asked
-    monkeypatch.setattr(bench.devices, "cuda_available", lambda: False)
-    asked = bench_job.benchmark_job(_RUN, "w.pt", "d.pt", "gpu", {}, tmp_path / "asked.json")
+    monkeypatch.setattr(measure.devices, "cuda_available", lambda: False)
+    asked = bench_job.benchmark_job(_KEY, _RUN, "w.pt", "d.pt", "gpu", {}, tmp_path / "asked.json")
     assert cheap == asked
     assert (tmp_path / "cheap.json").read_bytes() == (tmp_path / "asked.json").read_bytes()
 
 
 def test_no_gpu_is_decided_from_the_environment_and_the_driver_device_files(monkeypatch):
-    from cnnrepro import bench_job
+    from cnnrepro.bench import job as bench_job
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert bench_job.no_gpu_on_this_machine()

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from cnnrepro import chaining, checkpoint, train
 from cnnrepro import config as cfgmod
+from cnnrepro.engine import chaining, checkpoint, train
 from tests.test_train import VOLATILE, assert_same_weights, history_rows, make_settings, weights
 
 pytestmark = pytest.mark.usefixtures("torch_globals_restored")
@@ -85,7 +85,7 @@ def test_a_chained_run_equals_training_from_scratch_bit_for_bit(eval_every, data
     base = make_settings("cnn", {"epochs": 1, "eval_every": eval_every})
     short, middle, full = base, renamed(base, 3), renamed(base, 4)
     train.train_run(short, data_file, outputs(tmp_path / "short"), threads=1, keep_final_state=True)
-    caplog.set_level(logging.INFO, logger="cnnrepro.train")
+    caplog.set_level(logging.INFO, logger="cnnrepro.engine.train")
     middle_record = train.train_run(middle, data_file, outputs(tmp_path / "middle"), threads=1,
                                     chain=train.ChainStart(tmp_path / "short" / "final_state.pt", short),
                                     keep_final_state=True)
@@ -115,7 +115,7 @@ def test_a_missing_or_placeholder_final_state_means_training_from_scratch(data_f
     train.train_run(short, data_file, outputs(tmp_path / "short"), threads=1, keep_final_state=False)
     assert torch.load(tmp_path / "short" / "final_state.pt", weights_only=False) == {
         "version": checkpoint.VERSION, "kept": False, "reason": "no run continues from this one"}
-    caplog.set_level(logging.INFO, logger="cnnrepro.train")
+    caplog.set_level(logging.INFO, logger="cnnrepro.engine.train")
     record = train.train_run(longer, data_file, outputs(tmp_path / "longer"), threads=1,
                              chain=train.ChainStart(tmp_path / "short" / "final_state.pt", short))
     assert "not continuing from" in caplog.text and "no state was kept there" in caplog.text
@@ -148,7 +148,7 @@ def test_a_chained_run_killed_midway_resumes_from_its_own_checkpoint(data_file, 
         patch.setattr(train, "train_one_epoch", dies_in_epoch_4)
         with pytest.raises(KeyboardInterrupt):
             train.train_run(longer, data_file, outputs(tmp_path / "longer"), threads=1, chain=chain)
-    caplog.set_level(logging.INFO, logger="cnnrepro.train")
+    caplog.set_level(logging.INFO, logger="cnnrepro.engine.train")
     resumed = train.train_run(longer, data_file, outputs(tmp_path / "longer"), threads=1, chain=chain)
     assert "from the checkpoint after epoch 3" in caplog.text and "continuing" not in caplog.text
     assert resumed["resumed"] is True and resumed["continued_from"] == {"run_id": short["run_id"], "epochs": 2}
@@ -165,7 +165,7 @@ def test_a_run_that_stopped_by_its_schedule_is_where_the_longer_one_stops_too(da
     longer = {**short, "run_id": short["run_id"] + "-long", "recipe": {**short["recipe"], "max_epochs": 8}}
     first = train.train_run(short, data_file, outputs(tmp_path / "short"), threads=1, keep_final_state=True)
     assert first["stop_reason"] == "early_stopping" and first["epochs_run"] == 3
-    caplog.set_level(logging.INFO, logger="cnnrepro.train")
+    caplog.set_level(logging.INFO, logger="cnnrepro.engine.train")
     record = train.train_run(longer, data_file, outputs(tmp_path / "longer"), threads=1,
                              chain=train.ChainStart(tmp_path / "short" / "final_state.pt", short))
     assert "which stopped by its schedule (early_stopping)" in caplog.text and "epoch 4/" not in caplog.text
@@ -175,7 +175,7 @@ def test_a_run_that_stopped_by_its_schedule_is_where_the_longer_one_stops_too(da
 
 
 def test_a_schedule_that_depends_on_its_total_never_continues(monkeypatch):
-    from cnnrepro import schedules
+    from cnnrepro.engine import schedules
 
     monkeypatch.setattr(schedules.ConstantSchedule, "continuable", False)
     base = make_settings("fcnn", {"epochs": 2})

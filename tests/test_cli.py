@@ -51,7 +51,7 @@ def test_plan_prints_every_run_each_study_and_the_total_with_and_without_savings
 
 
 def test_plan_on_the_cpu_measures_this_machine(capsys, monkeypatch):
-    from cnnrepro import plan
+    from cnnrepro.plan import rates, runs
     from tests.conftest import REPO
 
     monkeypatch.chdir(REPO)
@@ -59,9 +59,9 @@ def test_plan_on_the_cpu_measures_this_machine(capsys, monkeypatch):
 
     def calibrate(threads, seconds=1.5):
         measured.append(threads)
-        return plan.Rate("cpu", "test CPU", 50e9, 2e-5, "measured here: 50 GFLOP/s (test)")
+        return rates.Rate("cpu", "test CPU", 50e9, 2e-5, "measured here: 50 GFLOP/s (test)")
 
-    monkeypatch.setattr(plan, "calibrate_cpu", calibrate)
+    monkeypatch.setattr(runs, "calibrate_cpu", calibrate)
     assert cli.main(["--configfile", "presets/smoke.yaml", "plan", "--device", "cpu"]) == 0
     assert measured == [1]  # the smoke preset's train_threads
     assert "measured here: 50 GFLOP/s" in capsys.readouterr().out

@@ -3,7 +3,8 @@ import copy
 import pytest
 
 from cnnrepro import config as cfg
-from cnnrepro import datasets, models
+from cnnrepro import models
+from cnnrepro.data import catalog
 
 
 def test_default_config_defines_the_five_studies(raw_config):
@@ -85,16 +86,16 @@ def test_bad_config_names_the_field(raw_config, mutate, field, words):
 
 
 def test_schema_name_lists_come_from_the_registrations():
-    from cnnrepro import augment
+    from cnnrepro.data import augment
 
     schema = cfg.load_schema()
     assert schema["definitions"]["model_name"]["enum"] == list(models.model_names())
-    assert schema["definitions"]["dataset_name"]["enum"] == list(datasets.DATASETS)
+    assert schema["definitions"]["dataset_name"]["enum"] == list(catalog.DATASETS)
     assert schema["definitions"]["augment_name"]["enum"] == list(augment.AUGMENTATIONS)
 
 
 def test_optimizers_of_the_schema_are_the_ones_the_engine_builds():
-    from cnnrepro.recipe import OPTIMIZERS
+    from cnnrepro.engine.recipe import OPTIMIZERS
 
     assert set(cfg.recipe_branches()["optimizer"]) == set(OPTIMIZERS)
     assert set(cfg.load_schema()["definitions"]["recipe"]["properties"]["optimizer"]["enum"]) == set(OPTIMIZERS)
@@ -143,7 +144,7 @@ def test_grid_values_are_checked_like_the_recipe(raw_config):
 
 @pytest.mark.parametrize("cap", [1, 3, 100, 1000])
 def test_any_epoch_cap_works_for_every_run(raw_config, cap):
-    from cnnrepro.schedules import make_schedule
+    from cnnrepro.engine.schedules import make_schedule
 
     raw_config["limits"] = {"max_epochs": cap}
     for run_id, settings in cfg.settings_by_run(cfg.validate(raw_config)).items():
@@ -168,7 +169,7 @@ def test_model_options_reach_the_builders_and_change_the_model(raw_config):
     import torch
     from torch import nn
 
-    from cnnrepro.recipe import build_run_model
+    from cnnrepro.engine.recipe import build_run_model
 
     settings = cfg.settings_by_run(cfg.validate(raw_config))
 

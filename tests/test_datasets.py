@@ -1,4 +1,4 @@
-"""Tests for cnnrepro.datasets: fast, CPU only, never touch the network."""
+"""Tests for cnnrepro.data: fast, CPU only, never touch the network."""
 
 from __future__ import annotations
 
@@ -12,23 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from cnnrepro import datasets as ds
+from cnnrepro.data import sources
+from cnnrepro.data.catalog import DATASETS, DatasetCorrupt, DatasetUnavailable
+from cnnrepro.data.compact import read_compact, write_compact
+from cnnrepro.data.prepare import class_distribution, plot_class_distribution, prepare, subsample
+from cnnrepro.data.sources import load_npz, load_torchvision, make_synthetic
+from cnnrepro.data.splits import stratified_split
 from tests.conftest import data_options
-from cnnrepro.datasets import (
-    DATASETS,
-    DatasetCorrupt,
-    DatasetUnavailable,
-    class_distribution,
-    load_npz,
-    load_torchvision,
-    make_synthetic,
-    plot_class_distribution,
-    prepare,
-    read_compact,
-    stratified_split,
-    subsample,
-    write_compact,
-)
 
 
 def _shared_data() -> Path:
@@ -274,9 +264,9 @@ def test_download_failure_is_unavailable(tmp_path, monkeypatch):
             calls.append((root, train, download))
             raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(ds, "_torchvision_class", lambda info: Offline)
+    monkeypatch.setattr(sources, "_torchvision_class", lambda info: Offline)
     with pytest.raises(DatasetUnavailable) as err:
-        ds.download("cifar10", tmp_path)
+        sources.download("cifar10", tmp_path)
     assert calls and calls[0][2] is True
     msg = str(err.value)
     assert "cifar-10-batches-py" in msg and "data_batch_1" in msg and "no network" in msg

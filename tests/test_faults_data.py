@@ -5,9 +5,12 @@ inputs; npz files where the prepare_dataset job reads them."""
 import numpy as np
 import pytest
 
-from cnnrepro import aggregate
 from cnnrepro import config as cfg
-from cnnrepro.datasets import DatasetCorrupt, load_npz, prepare
+from cnnrepro import startup
+from cnnrepro.data.catalog import DatasetCorrupt
+from cnnrepro.data.prepare import prepare
+from cnnrepro.data.sources import load_npz
+from cnnrepro.tables import specs
 from tests.conftest import data_options
 from tests.test_aggregate import run_aggregate, write_inputs
 
@@ -25,14 +28,14 @@ def study_config(csv_path, **table) -> dict:
 
 def config_error(config: dict) -> str:
     with pytest.raises(cfg.ConfigError) as error:
-        cfg.validate(config)
+        startup.check(config)
     return str(error.value)
 
 
 def test_a_good_table_with_an_empty_cell_passes(tmp_path):
     (tmp_path / "t.csv").write_text(GOOD_CSV)
     config = cfg.validate(study_config(tmp_path / "t.csv"))
-    aggregate.check_paper_tables(config)
+    specs.check_paper_tables(config)
     assert cfg.settings_by_run(config)
 
 
@@ -88,7 +91,7 @@ def test_a_shared_metrics_map_may_name_columns_only_some_of_its_tables_print(tmp
     (tmp_path / "b.csv").write_text("model,acc\nFCNN,97.80\n")
     config = study_config(tmp_path / "a.csv")
     config["studies"]["s"]["tables"].append({**config["studies"]["s"]["tables"][0], "file": str(tmp_path / "b.csv")})
-    cfg.validate(config)  # size_MB is a column of a.csv, whose table shares the map
+    startup.check(config)  # size_MB is a column of a.csv, whose table shares the map
     config = study_config(tmp_path / "a.csv", metrics={"acc": "test_top1_pct", "top5": "test_top5_pct"})
     config["studies"]["s"]["tables"].append({**config["studies"]["s"]["tables"][0], "file": str(tmp_path / "b.csv")})
     message = config_error(config)

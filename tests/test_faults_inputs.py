@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from cnnrepro import config as cfg
-from cnnrepro import datasets, models, train
+from cnnrepro import models
+from cnnrepro.data import catalog, compact, sources
+from cnnrepro.engine import train
 from cnnrepro.models import pretrained
 from tests.test_e2e import copy_workflow, snakemake
 
@@ -29,7 +31,7 @@ pytestmark = pytest.mark.usefixtures("torch_globals_restored")
 @pytest.mark.parametrize("damage", ["truncate", "alter"])
 def test_a_corrupt_compact_dataset_is_never_trained_on_and_is_removed_for_rebuilding(damage, tmp_path, monkeypatch):
     data = tmp_path / "mnist.pt"
-    datasets.write_compact(datasets.make_synthetic("mnist", 64, 32), data, {"dataset": "mnist"})
+    compact.write_compact(sources.make_synthetic("mnist", 64, 32), data, {"dataset": "mnist"})
     raw = bytearray(data.read_bytes())
     if damage == "truncate":
         del raw[len(raw) // 2:]
@@ -40,7 +42,7 @@ def test_a_corrupt_compact_dataset_is_never_trained_on_and_is_removed_for_rebuil
     monkeypatch.setattr(train, "train_one_epoch", lambda *a, **k: trained.append(1))
     settings, outputs = one_run(tmp_path, {"datasets": ["mnist"], "models": ["fcnn"],
                                            "recipe": {"lr": 0.1, "batch_size": 16, "epochs": 1}})
-    with pytest.raises(datasets.DatasetCorrupt, match=r"sha256 .* does not match .*Removed .*mnist.pt.*rerun snakemake"):
+    with pytest.raises(catalog.DatasetCorrupt, match=r"sha256 .* does not match .*Removed .*mnist.pt.*rerun snakemake"):
         train.train_run(settings, data, outputs, threads=1)
     assert trained == [] and not data.exists() and not (tmp_path / "mnist.pt.json").exists()
     assert not outputs.metrics.exists()
@@ -95,7 +97,8 @@ def test_a_batch_too_large_for_memory_names_the_batch_size_and_the_setting(tmp_p
     script = textwrap.dedent("""
         import json, resource, sys
         from pathlib import Path
-        from cnnrepro import config as cfg, datasets, train
+        from cnnrepro import config as cfg, datasets
+        from cnnrepro.engine import train
         tmp = Path(sys.argv[1])
         data = tmp / "cifar10.pt"
         datasets.write_compact(datasets.make_synthetic("cifar10", 512, 64), data, {"dataset": "cifar10"})

@@ -29,8 +29,9 @@ import pytest
 import torch
 import yaml
 
-from cnnrepro import checkpoint, io, train
 from cnnrepro import config as cfgmod
+from cnnrepro.engine import checkpoint, train
+from cnnrepro.runtime import io
 from tests.test_e2e import copy_workflow
 
 STUDY = "seed003_kmnist_fcnn_cnn"
@@ -470,7 +471,7 @@ def test_training_with_its_checkpoint_on_a_full_disk_fails_clearly_and_resumes(s
 
     # Space freed, the same run continues from epoch 1's checkpoint to the numbers of an uninterrupted run.
     (disk / "filler").unlink()
-    caplog.set_level(logging.INFO, logger="cnnrepro.train")
+    caplog.set_level(logging.INFO, logger="cnnrepro.engine.train")
     resumed = train.train_run(settings, data_file, outputs, threads=1)
     assert f"resuming {settings['run_id']} from the checkpoint after epoch 1" in caplog.text
     plain = tmp_path / "plain"

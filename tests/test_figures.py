@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 
 from cnnrepro import config as cfg
-from cnnrepro import figures
+from cnnrepro import startup
+from cnnrepro.report import figure_plan, figures
 
 REPO = Path(__file__).resolve().parents[1]
 SEED003 = "seed003_kmnist_fcnn_cnn"
@@ -22,22 +23,31 @@ SIXTH = "tiny_mnist_fcnn_vs_cnn"
 
 
 @pytest.fixture
-def config(raw_config):
-    """config.yaml, validated (cwd is the repository, so authors/ and paper_tables/ resolve)."""
-    return cfg.validate(raw_config)
+def checked(raw_config) -> startup.Checked:
+    """config.yaml through the start-up checks (cwd is the repository, so authors/ and paper_tables/ resolve)."""
+    return startup.check(raw_config)
 
 
-def overlay(raw: dict, *paths: str) -> dict:
+@pytest.fixture
+def config(checked):
+    return checked.config
+
+
+def overlay(raw: dict, *paths: str) -> startup.Checked:
     for path in paths:
         raw = cfg.deep_merge(raw, cfg.load_yaml(REPO / path))
-    return cfg.validate(raw)
+    return startup.check(raw)
+
+
+def caption(checked: startup.Checked, study: str, name: str) -> str:
+    return figure_plan.caption(checked.config, figure_plan.find(checked.figures, study, name))
 
 
 # ------------------------------------------------------------------------------------------------ the plan
 
 
-def test_each_built_in_study_gets_the_figures_its_configuration_asks_for(config):
-    plan = figures.plan(config)
+def test_each_built_in_study_gets_the_figures_its_configuration_asks_for(checked, config):
+    plan = checked.figures
     names = {study: [f.name for f in figs] for study, figs in plan.items()}
     assert names[SEED003] == ["curves-kmnist", "published", "f1-kmnist", "confusion-kmnist", "kernels-cnn", "pareto",
                               "classes-kmnist"]
@@ -56,8 +66,8 @@ def test_each_built_in_study_gets_the_figures_its_configuration_asks_for(config)
         assert sorted(drawn) == sorted(run.id for run in cfg.expand_runs(config, [study]))
 
 
-def test_the_published_figure_draws_the_runs_each_experiment_names_in_order(config):
-    published = next(f for f in figures.plan(config)[SEED003] if f.kind == "published")
+def test_the_published_figure_draws_the_runs_each_experiment_names_in_order(checked):
+    published = next(f for f in checked.figures[SEED003] if f.kind == "published")
     assert published.runs == (f"{SEED003}/kmnist/cnn/none/augment-none/seed42",
                               f"{SEED003}/kmnist/cnn/none/augment-kmnist10x/seed42",
                               f"{SEED003}/kmnist/cnn_nopool/none/augment-none/seed42",
@@ -66,8 +76,7 @@ def test_the_published_figure_draws_the_runs_each_experiment_names_in_order(conf
 
 
 def test_a_study_added_by_configuration_only_gets_figures(raw_config):
-    config = overlay(raw_config, "presets/smoke.yaml", "tests/data/sixth_study.yaml")
-    names = [f.name for f in figures.plan(config)[SIXTH]]
+    names = [f.name for f in overlay(raw_config, "presets/smoke.yaml", "tests/data/sixth_study.yaml").figures[SIXTH]]
     # No benchmark, no kernels, no published curves configured: the figures every study gets.
     assert names == ["curves-mnist", "f1-mnist", "confusion-mnist", "classes-mnist"]
 
@@ -76,40 +85,40 @@ def test_figure_settings_that_name_nothing_stop_at_start_up_naming_the_key(raw_c
     bad = copy.deepcopy(raw_config)
     bad["studies"][SEED003]["figures"]["kernels"] = ["vgg19"]
     with pytest.raises(cfg.ConfigError, match=r"studies\.seed003_kmnist_fcnn_cnn\.figures\.kernels\[0\].*vgg19"):
-        figures.plan(cfg.validate(bad))
+        startup.check(bad)
     bad = copy.deepcopy(raw_config)
     bad["studies"][SEED003]["figures"]["published_curves"]["runs"]["cnn"] = {"model": "cnn", "augment": "crop_flip"}
     with pytest.raises(cfg.ConfigError, match=r"published_curves\.runs\.cnn': no run of the study has"):
-        figures.plan(cfg.validate(bad))
+        startup.check(bad)
     bad = copy.deepcopy(raw_config)
     bad["studies"][SEED003]["figures"]["published_curves"]["runs"]["resnet"] = {"model": "cnn"}
     with pytest.raises(cfg.ConfigError, match=r"has no experiment 'resnet'; its experiments: cnn, cnn_aug"):
-        figures.plan(cfg.validate(bad))
+        startup.check(bad)
     bad = copy.deepcopy(raw_config)
     bad["studies"][SEED003]["figures"]["published_curves"]["file"] = "missing.json"
     with pytest.raises(cfg.ConfigError, match=r"published_curves\.file'.*authors/missing\.json does not exist"):
-        figures.plan(cfg.validate(bad))
+        startup.check(bad)
     bad = copy.deepcopy(raw_config)
     bad["studies"][SEED003]["figures"]["paper_figures"] = {"curve": "Figure 4"}
     with pytest.raises(cfg.ConfigError, match=r"paper_figures\.curve': not a figure kind"):
-        figures.plan(cfg.validate(bad))
+        startup.check(bad)
 
 
-def test_every_caption_is_clean_restructured_text_and_says_what_is_drawn(config):
+def test_every_caption_is_clean_restructured_text_and_says_what_is_drawn(checked, config):
     from docutils.core import publish_parts
 
-    for study, figs in figures.plan(config).items():
+    for study, figs in checked.figures.items():
         for figure in figs:
-            text = figures.caption(config, study, figure.name)
+            text = figure_plan.caption(config, figure)
             # Snakemake's report renders captions as reStructuredText: no markup may leak or warn.
             html = publish_parts(text, writer_name="html", settings_overrides={"report_level": 1})["body"]
             assert "system-message" not in html, (figure.name, html)
             assert (config["studies"][study]["title"] or study) in text
-    assert "Figures 9-10" in figures.caption(config, SEED003, "kernels-cnn")
-    assert "freeze level head" in figures.caption(config, SEED004, "curves-cifar10-head")
-    limited = cfg.validate(cfg.deep_merge(copy.deepcopy(config), {"limits": {"max_epochs": 1}}))
-    assert "max_epochs 1" in figures.caption(limited, SEED003, "curves-kmnist")
-    assert "max_epochs" not in figures.caption(config, SEED003, "curves-kmnist")
+    assert "Figures 9-10" in caption(checked, SEED003, "kernels-cnn")
+    assert "freeze level head" in caption(checked, SEED004, "curves-cifar10-head")
+    limited = startup.check(cfg.deep_merge(copy.deepcopy(config), {"limits": {"max_epochs": 1}}))
+    assert "max_epochs 1" in caption(limited, SEED003, "curves-kmnist")
+    assert "max_epochs" not in caption(checked, SEED003, "curves-kmnist")
 
 
 # ------------------------------------------------------------------------------------------------ drawing
@@ -142,13 +151,14 @@ def fake_run(tmp: Path, config: dict, run: cfg.Run, epochs: int, seed: int = 0, 
     return {"metrics": folder / "metrics.json", "history": folder / "history.csv"}
 
 
-def draw(tmp_path, config, study, name, epochs=12, evaluate_every=1, extra=None):
-    figure = figures.find(config, study, name)
+def draw(tmp_path, checked, study, name, epochs=12, evaluate_every=1, extra=None):
+    config = checked.config
+    figure = figure_plan.find(checked.figures, study, name)
     runs = {run.id: run for run in cfg.expand_runs(config, [study])}
     made = [fake_run(tmp_path / "runs", config, runs[r], epochs, evaluate_every=evaluate_every) for r in figure.runs]
     files = {"metrics": [m["metrics"] for m in made], "histories": [m["history"] for m in made], **(extra or {})}
     png, pdf = tmp_path / f"{name}.png", tmp_path / f"{name}.pdf"
-    figures.make(config, study, name, files, png, pdf)
+    figures.make(config, figure, files, png, pdf)
     return png, pdf
 
 
@@ -164,8 +174,8 @@ def assert_images(png: Path, pdf: Path, min_size=(600, 300)) -> np.ndarray:
 
 
 @pytest.mark.slow
-def test_learning_curves_draw_every_configuration_and_skip_unevaluated_epochs(tmp_path, config):
-    png, pdf = draw(tmp_path, config, SEED003, "curves-kmnist", epochs=30, evaluate_every=3)
+def test_learning_curves_draw_every_configuration_and_skip_unevaluated_epochs(tmp_path, checked):
+    png, pdf = draw(tmp_path, checked, SEED003, "curves-kmnist", epochs=30, evaluate_every=3)
     assert_images(png, pdf)
     history = figures.read_history(next((tmp_path / "runs").rglob("history.csv")))
     assert history["eval_loss"].isna().sum() == 20 and history["train_loss"].notna().all()
@@ -174,20 +184,21 @@ def test_learning_curves_draw_every_configuration_and_skip_unevaluated_epochs(tm
 
 
 @pytest.mark.slow
-def test_each_figure_kind_is_written_as_png_and_pdf(tmp_path, config):
+def test_each_figure_kind_is_written_as_png_and_pdf(tmp_path, checked, config):
     for name in ("curves-cifar10-head", "f1-cifar10", "confusion-cifar10"):
-        assert_images(*draw(tmp_path, config, SEED004, name, epochs=8))
+        assert_images(*draw(tmp_path, checked, SEED004, name, epochs=8))
     for name in ("f1-cifar100", "confusion-cifar100", "curves-cifar100"):
-        assert_images(*draw(tmp_path, config, "seed002_squeezenet_dsc", name, epochs=5))
+        assert_images(*draw(tmp_path, checked, "seed002_squeezenet_dsc", name, epochs=5))
     published = {"published": [REPO / "authors" / "seed003_kmnist_histories.json"]}
-    assert_images(*draw(tmp_path, config, SEED003, "published", epochs=40, extra=published))
-    from cnnrepro import datasets
+    assert_images(*draw(tmp_path, checked, SEED003, "published", epochs=40, extra=published))
+    from cnnrepro.data import prepare, sources
 
     for dataset, study in (("cifar100", "seed002_squeezenet_dsc"), ("kmnist", SEED003)):
         classes = tmp_path / f"{dataset}_classes.csv"
-        datasets.class_distribution(datasets.make_synthetic(dataset, 300, 150)).to_csv(classes, index=False)
+        prepare.class_distribution(sources.make_synthetic(dataset, 300, 150)).to_csv(classes, index=False)
         png, pdf = tmp_path / f"classes-{dataset}.png", tmp_path / f"classes-{dataset}.pdf"
-        figures.make(config, study, f"classes-{dataset}", {"classes": [classes]}, png, pdf)
+        figures.make(config, figure_plan.find(checked.figures, study, f"classes-{dataset}"), {"classes": [classes]},
+                     png, pdf)
         # 100 classes stay page-wide: indexed bars, not one label per class.
         assert assert_images(png, pdf).shape[1] < 2500
 
@@ -207,12 +218,12 @@ def test_kernels_are_the_first_two_conv_layers_in_module_order():
 
 
 @pytest.mark.slow
-def test_the_kernel_figure_draws_each_trained_configuration(tmp_path, config):
+def test_the_kernel_figure_draws_each_trained_configuration(tmp_path, checked, config):
     import torch
 
     from cnnrepro import models
 
-    figure = figures.find(config, SEED003, "kernels-cnn")
+    figure = figure_plan.find(checked.figures, SEED003, "kernels-cnn")
     runs = {run.id: run for run in cfg.expand_runs(config, [SEED003])}
     metrics, weights = [], []
     for run_id in figure.runs:
@@ -222,7 +233,7 @@ def test_the_kernel_figure_draws_each_trained_configuration(tmp_path, config):
         metrics.append(made["metrics"])
         weights.append(made["metrics"].parent / "weights.pt")
     png, pdf = tmp_path / "k.png", tmp_path / "k.pdf"
-    figures.make(config, SEED003, "kernels-cnn", {"metrics": metrics, "weights": weights}, png, pdf)
+    figures.make(config, figure, {"metrics": metrics, "weights": weights}, png, pdf)
     assert_images(png, pdf)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cnnrepro import gpu_slots
+from cnnrepro.runtime import gpu_slots
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def test_each_job_gets_its_own_gpu_and_one_waits_while_all_are_held(tmp_path, ca
     second = gpu_slots.acquire("cuda", envs[1], tmp_path)
     assert {first.gpu, second.gpu} == {"0", "1"}
     assert (envs[0]["CUDA_VISIBLE_DEVICES"], envs[1]["CUDA_VISIBLE_DEVICES"]) == (first.gpu, second.gpu)
-    with caplog.at_level(logging.INFO, logger="cnnrepro.gpu_slots"):
+    with caplog.at_level(logging.INFO, logger="cnnrepro.runtime.gpu_slots"):
         with pytest.raises(TimeoutError, match="no GPU slot became free"):
             gpu_slots.acquire("auto", envs[2], tmp_path, poll=0.01, timeout=0.1)
     assert "waiting for a free GPU slot: all 2 are held" in caplog.text
@@ -57,7 +57,7 @@ def test_each_job_gets_its_own_gpu_and_one_waits_while_all_are_held(tmp_path, ca
 HOLDER = textwrap.dedent("""
     import logging, sys, time
     from pathlib import Path
-    from cnnrepro import gpu_slots
+    from cnnrepro.runtime import gpu_slots
 
     slot_dir, out, log = sys.argv[1:4]
     logging.basicConfig(filename=log, level=logging.INFO)

@@ -1,4 +1,4 @@
-"""cnnrepro.job_server: jobs forked from one warm process behave as the process Snakemake would have started.
+"""cnnrepro.runtime.job_server: jobs forked from one warm process behave as the process Snakemake would have started.
 
 The servers here preload nothing heavy (``--preload json``), so each test costs about a second; the smoke preset
 (test_e2e, test_faults_workflow) runs the whole workflow through the real server.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from cnnrepro import job_server
+from cnnrepro.runtime import job_server
 
 TIMEOUT = 30
 
@@ -25,7 +25,7 @@ SCRIPT = textwrap.dedent("""
     # What Snakemake's preamble does: __file__ names the workflow's script, and the job's object is defined here.
     __real_file__ = __file__; __file__ = "/workflow/scripts/job.py"
     snakemake = "the job's object"
-    from cnnrepro.job_server import delegate
+    from cnnrepro.runtime.job_server import delegate
 
     delegate()
     import os, sys
@@ -81,7 +81,7 @@ def server(tmp_path):
     socket_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"cnnrepro-test-{os.getpid()}-{time.monotonic_ns()}"
     socket_dir.mkdir()
     path = socket_dir / "server.sock"
-    process = subprocess.Popen([sys.executable, "-m", "cnnrepro.job_server", "--socket", str(path),
+    process = subprocess.Popen([sys.executable, "-m", "cnnrepro.runtime.job_server", "--socket", str(path),
                                 "--watch-pid", str(os.getpid()), "--preload", "json"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wait_for(path.exists, "the server's socket")
@@ -144,7 +144,7 @@ def test_a_job_a_fork_could_not_reproduce_runs_in_its_own_process(tmp_path, serv
 
 def test_torch_in_a_fork_uses_the_jobs_thread_count(tmp_path):
     path = str(tmp_path / "t.sock")
-    process = subprocess.Popen([sys.executable, "-m", "cnnrepro.job_server", "--socket", path,
+    process = subprocess.Popen([sys.executable, "-m", "cnnrepro.runtime.job_server", "--socket", path,
                                 "--watch-pid", str(os.getpid()), "--preload", "torch"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -230,7 +230,7 @@ def test_a_job_from_another_interpreter_is_declined():
 def test_the_server_exits_and_removes_its_socket_when_its_snakemake_goes(tmp_path):
     watched = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     path = tmp_path / "s.sock"
-    process = subprocess.Popen([sys.executable, "-m", "cnnrepro.job_server", "--socket", str(path),
+    process = subprocess.Popen([sys.executable, "-m", "cnnrepro.runtime.job_server", "--socket", str(path),
                                 "--watch-pid", str(watched.pid), "--preload", ""],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

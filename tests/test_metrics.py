@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from cnnrepro import metrics
+from cnnrepro.engine import metrics
 
 
 def test_classification_metrics_match_hand_computed_values():

@@ -12,7 +12,6 @@ import torch
 import torchvision
 from torch import nn
 
-from cnnrepro.models import pretrained
 from cnnrepro.models import (
     apply_freeze,
     build_model,
@@ -20,6 +19,7 @@ from cnnrepro.models import (
     get_spec,
     load_weights,
     model_names,
+    pretrained,
     set_bn_mode,
     weights_file,
 )

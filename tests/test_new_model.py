@@ -6,7 +6,9 @@ import torch
 from torch import nn
 
 from cnnrepro import config as cfg
-from cnnrepro import datasets, models, train
+from cnnrepro import models
+from cnnrepro.data import compact, sources
+from cnnrepro.engine import train
 
 
 class ToyMLP(nn.Module):
@@ -46,7 +48,7 @@ def test_a_registered_toy_model_trains_through_the_config_path(toy_model, tmp_pa
     (run_id, settings), = cfg.settings_by_run(config).items()
     assert run_id == "toy/mnist/toy_mlp/none/base/seed0" and settings["in_channels"] == 1
     data = tmp_path / "mnist.pt"
-    datasets.write_compact(datasets.make_synthetic("mnist", 256, 128), data, {"dataset": "mnist"})
+    compact.write_compact(sources.make_synthetic("mnist", 256, 128), data, {"dataset": "mnist"})
     outputs = train.RunOutputs(tmp_path / "w.pt", tmp_path / "h.csv", tmp_path / "m.json", tmp_path / "c.pt")
     try:
         record = train.train_run(settings, data, outputs, threads=1)

@@ -3,7 +3,8 @@
 import pytest
 
 from cnnrepro import config as cfg
-from cnnrepro import plan
+from cnnrepro.plan import cost as model_costs
+from cnnrepro.plan import guard, rates, runs
 
 
 @pytest.fixture
@@ -33,70 +34,70 @@ def test_forward_flops_match_the_published_counts():
     # torchvision's model tables list multiply-accumulates at 224 px: ResNet18 1.81 G, ResNet50 4.09 G,
     # SqueezeNet 1.1 0.35 G; one MAC is 2 FLOPs.
     for model, gmacs in (("resnet18", 1.81), ("resnet50", 4.09), ("squeezenet1_1", 0.35)):
-        cost = plan.model_cost(model, 1000, 3, 224, 224, "{}")
+        cost = model_costs.model_cost(model, 1000, 3, 224, 224, "{}")
         assert cost.flops / 2e9 == pytest.approx(gmacs, rel=0.03), model
-    assert plan.model_cost("resnet18", 1000, 3, 224, 224, "{}") is plan.model_cost("resnet18", 1000, 3, 224, 224, "{}")
+    assert model_costs.model_cost("resnet18", 1000, 3, 224, 224, "{}") is model_costs.model_cost("resnet18", 1000, 3, 224, 224, "{}")
 
 
 def test_the_gpu_efficiency_is_the_one_seed_000s_t4_times_imply():
-    calibration = plan.t4_calibration()
-    assert calibration["pooled"] == pytest.approx(plan.GPU_EFFICIENCY, abs=0.005)
-    assert all(0.2 < calibration[m] < 0.45 for m in plan.SEED000_T4_SECONDS)
+    calibration = rates.t4_calibration()
+    assert calibration["pooled"] == pytest.approx(rates.GPU_EFFICIENCY, abs=0.005)
+    assert all(0.2 < calibration[m] < 0.45 for m in rates.SEED000_T4_SECONDS)
     # With that efficiency the model reproduces the T4 times it was calibrated on, to within their spread.
-    rate = plan.gpu_rate("t4")
-    assert rate.flops_per_second == pytest.approx(8.1e12 * plan.GPU_EFFICIENCY)
+    rate = rates.gpu_rate("t4")
+    assert rate.flops_per_second == pytest.approx(8.1e12 * rates.GPU_EFFICIENCY)
 
 
 def test_speed_switches_pick_the_tensor_core_peak_only_where_it_exists():
-    assert plan.gpu_rate("h100").flops_per_second == pytest.approx(67e12 * plan.GPU_EFFICIENCY)
-    assert plan.gpu_rate("h100", {"tf32": True}).flops_per_second == pytest.approx(494.5e12 * plan.TENSOR_EFFICIENCY)
-    assert plan.gpu_rate("a100", {"amp_bf16": True}).flops_per_second == pytest.approx(312e12 * plan.TENSOR_EFFICIENCY)
-    t4 = plan.gpu_rate("t4").flops_per_second
-    assert plan.gpu_rate("t4", {"amp_bf16": True, "tf32": True}).flops_per_second == t4  # Turing has neither
+    assert rates.gpu_rate("h100").flops_per_second == pytest.approx(67e12 * rates.GPU_EFFICIENCY)
+    assert rates.gpu_rate("h100", {"tf32": True}).flops_per_second == pytest.approx(494.5e12 * rates.TENSOR_EFFICIENCY)
+    assert rates.gpu_rate("a100", {"amp_bf16": True}).flops_per_second == pytest.approx(312e12 * rates.TENSOR_EFFICIENCY)
+    t4 = rates.gpu_rate("t4").flops_per_second
+    assert rates.gpu_rate("t4", {"amp_bf16": True, "tf32": True}).flops_per_second == t4  # Turing has neither
 
 
 def test_a_freeze_level_splits_the_forward_pass_into_a_fixed_prefix_and_a_trained_tail(configured):
     _, by_run = configured
     probe = by_run["seed000_resnet_mnist/mnist/resnet18/head/base/seed0"]
-    stage = plan.stages(probe)
+    stage = model_costs.stages(probe)
     assert stage.tail_flops == 2 * 512 * 10  # only the new fc trains
     assert stage.trainable_params == 5130
     assert not stage.prefix_fixed and "BatchNorm" in stage.prefix_reason  # bn_frozen: train, as the authors ran
     pure = {**probe, "recipe": {**probe["recipe"], "bn_frozen": "eval"}}
-    assert plan.stages(pure).prefix_fixed
+    assert model_costs.stages(pure).prefix_fixed
     seed004 = "seed004_squeezenet_transfer_cifar10/cifar10/squeezenet1_1/{}/batch_size-250_epochs-50/seed0"
-    fire = plan.stages(by_run[seed004.format("last_two_fire_and_head")])
-    whole = plan.settings_cost(by_run[seed004.format("none")])
+    fire = model_costs.stages(by_run[seed004.format("last_two_fire_and_head")])
+    whole = model_costs.settings_cost(by_run[seed004.format("none")])
     assert 0 < fire.tail_flops < whole.flops / 2 and fire.prefix_fixed
     assert fire.trainable_params == 391_306
     # The dropout before the new conv10 goes with the tail (applied to the cached output), so the prefix is fixed.
-    assert plan.stages(by_run[seed004.format("head")]).prefix_fixed
+    assert model_costs.stages(by_run[seed004.format("head")]).prefix_fixed
 
 
 def test_backward_is_twice_the_forward_of_what_trains_not_the_counters_depthwise_figure(configured):
     config, by_run = configured
     run = by_run["seed001_resnet_mobilenet_cifar10/cifar10/mobilenet/none/base/seed0"]
-    run_plan = plan.plan_run(run, cfg.data_settings(config, "cifar10"), plan.NO_SAVINGS)
+    run_plan = runs.plan_run(run, cfg.data_settings(config, "cifar10"), runs.NO_SAVINGS)
     train = next(p for p in run_plan.passes if p.what == "train")
-    assert train.flops_per_image == 3 * plan.settings_cost(run).flops
+    assert train.flops_per_image == 3 * model_costs.settings_cost(run).flops
     assert train.images == 50_000 * 20
 
 
 def test_early_stopping_runs_use_the_authors_stop_epoch_or_the_cap(configured, raw_config):
     _, by_run = configured
-    assert plan.run_epochs(by_run["seed003_kmnist_fcnn_cnn/kmnist/fcnn/none/augment-none/seed42"]) == (1154, "authors")
+    assert runs.run_epochs(by_run["seed003_kmnist_fcnn_cnn/kmnist/fcnn/none/augment-none/seed42"]) == (1154, "authors")
     augmented = by_run["seed003_kmnist_fcnn_cnn/kmnist/cnn/none/augment-kmnist10x/seed42"]
-    assert plan.run_epochs(augmented) == (334, "authors")
-    assert plan.run_epochs(by_run["seed002_squeezenet_dsc/cifar10/vgg19/none/base/seed0"]) == (200, "cap")
-    assert plan.run_epochs(by_run["seed000_resnet_mnist/mnist/resnet18/head/base/seed0"]) == (30, "fixed")
+    assert runs.run_epochs(augmented) == (334, "authors")
+    assert runs.run_epochs(by_run["seed002_squeezenet_dsc/cifar10/vgg19/none/base/seed0"]) == (200, "cap")
+    assert runs.run_epochs(by_run["seed000_resnet_mnist/mnist/resnet18/head/base/seed0"]) == (30, "fixed")
     quick = cfg.settings_by_run(_config(raw_config, ["presets/quick.yaml"]))
-    assert plan.run_epochs(quick["seed003_kmnist_fcnn_cnn/kmnist/fcnn/none/augment-none/seed42"]) == (3, "cap")
+    assert runs.run_epochs(quick["seed003_kmnist_fcnn_cnn/kmnist/fcnn/none/augment-none/seed42"]) == (3, "cap")
 
 
 def test_every_saving_applies_where_it_is_exact_and_only_there(configured):
     config, by_run = configured
-    none = _by_id(plan.plan_runs(config, plan.NO_SAVINGS, by_run))
-    every = _by_id(plan.plan_runs(config, plan.all_savings(eval_every=10), by_run))
+    none = _by_id(runs.plan_runs(config, runs.NO_SAVINGS, by_run))
+    every = _by_id(runs.plan_runs(config, runs.all_savings(eval_every=10), by_run))
     seed004 = "seed004_squeezenet_transfer_cifar10/cifar10/squeezenet1_1/{}/batch_size-{}_epochs-{}/seed0"
     # Warm-started epoch grids: a (freeze level, batch size) trains 300 epochs instead of 50 + 150 + 300.
     for level in ("head", "last_two_fire_and_head", "none"):
@@ -113,18 +114,18 @@ def test_every_saving_applies_where_it_is_exact_and_only_there(configured):
     assert every["seed003_kmnist_fcnn_cnn/kmnist/cnn/none/augment-none/seed42"].evaluations == 596
     # Seed 000 updates BatchNorm statistics in its frozen backbone: never cached.
     assert every["seed000_resnet_mnist/mnist/resnet18/head/base/seed0"].cache == "none"
-    rate = plan.gpu_rate("h100")
-    totals = {t.study: t for t in plan.study_totals(every.values(), rate)}
-    plain = {t.study: t for t in plan.study_totals(none.values(), rate)}
+    rate = rates.gpu_rate("h100")
+    totals = {t.study: t for t in runs.study_totals(every.values(), rate)}
+    plain = {t.study: t for t in runs.study_totals(none.values(), rate)}
     seed004_study = "seed004_squeezenet_transfer_cifar10"
     assert totals[seed004_study].seconds < 0.8 * plain[seed004_study].seconds
     assert totals["seed002_squeezenet_dsc"].flops == plain["seed002_squeezenet_dsc"].flops
 
 
 def test_time_is_bound_by_arithmetic_for_big_models_and_by_launches_for_tiny_ones():
-    rate = plan.Rate("x", "x", 1e12, 1e-5, "")
-    big = plan.Pass("train", 1000, 100, 1e10, 50)  # 1e13 FLOPs: 10 s of arithmetic, 5 ms of launches
-    tiny = plan.Pass("train", 100_000, 1, 1e3, 50)  # 0.1 ms of arithmetic, 50 s of launches
+    rate = rates.Rate("x", "x", 1e12, 1e-5, "")
+    big = rates.Pass("train", 1000, 100, 1e10, 50)  # 1e13 FLOPs: 10 s of arithmetic, 5 ms of launches
+    tiny = rates.Pass("train", 100_000, 1, 1e3, 50)  # 0.1 ms of arithmetic, 50 s of launches
     assert big.seconds(rate) == pytest.approx(10)
     assert tiny.seconds(rate) == pytest.approx(50)
 
@@ -133,53 +134,53 @@ def test_device_memory_counts_the_batch_the_model_and_the_data(configured):
     config, by_run = configured
     run = by_run["seed001_resnet_mobilenet_cifar10/cifar10/resnet18_cifar/none/base/seed0"]
     data = cfg.data_settings(config, "cifar10")
-    small = plan.plan_run(run, data).device_bytes
-    big = plan.plan_run({**run, "recipe": {**run["recipe"], "batch_size": 512}}, data).device_bytes
+    small = runs.plan_run(run, data).device_bytes
+    big = runs.plan_run({**run, "recipe": {**run["recipe"], "batch_size": 512}}, data).device_bytes
     assert big > small + 3 * 2**30  # ResNet18-CIFAR keeps ~3 MB of activations per image for the backward pass
     assert small > 4 * 4 * 11_173_962 + 60_000 * 3072  # weights, gradients, Adam's two moments, the uint8 data
 
 
 def test_a_long_cpu_only_local_run_is_stopped_with_the_ways_to_proceed(configured, raw_config):
     config, by_run = configured
-    plans = plan.plan_runs(config, plan.configured_savings(config), by_run)
-    message = plan.slow_run_message(config, plans, cores=8, gpus=0, calibrate=never_calibrate)
+    plans = runs.plan_runs(config, runs.configured_savings(config), by_run)
+    message = guard.slow_run_message(config, plans, cores=8, gpus=0, calibrate=never_calibrate)
     assert message and "no GPU is visible" in message
     for way in ("--config allow_slow=true", "presets/quick.yaml", "profiles/slurm", "cnnrepro plan --device cpu"):
         assert way in message
-    assert plan.slow_run_message({**config, "allow_slow": True}, plans, 8, 0) is None
-    assert plan.slow_run_message(config, plans, 8, gpus=2, calibrate=never_calibrate) is None
+    assert guard.slow_run_message({**config, "allow_slow": True}, plans, 8, 0) is None
+    assert guard.slow_run_message(config, plans, 8, gpus=2, calibrate=never_calibrate) is None
     pinned = {**config, "device": "cpu"}
-    assert "device: cpu" in plan.slow_run_message(pinned, plans, 8, gpus=2, calibrate=never_calibrate)
-    assert plan.slow_run_message(config, [], 8, 0) is None  # nothing left to train
+    assert "device: cpu" in guard.slow_run_message(pinned, plans, 8, gpus=2, calibrate=never_calibrate)
+    assert guard.slow_run_message(config, [], 8, 0) is None  # nothing left to train
     # The presets are meant for a CPU or a first look: none of them is stopped.
     for preset in ("presets/smoke.yaml", "presets/quick.yaml", "presets/offline.yaml"):
         preset_config = _config(raw_config, [preset])
-        preset_plans = plan.plan_runs(preset_config, plan.configured_savings(preset_config))
-        assert plan.slow_run_message(preset_config, preset_plans, 2, 0, calibrate=never_calibrate) is None, preset
+        preset_plans = runs.plan_runs(preset_config, runs.configured_savings(preset_config))
+        assert guard.slow_run_message(preset_config, preset_plans, 2, 0, calibrate=never_calibrate) is None, preset
 
 
 def test_the_cpu_is_measured_only_when_the_bounds_do_not_settle_it(configured):
     config, by_run = configured
-    run_plan = plan.plan_runs(config, plan.configured_savings(config), by_run)[0]
-    reference = plan.reference_cpu_rate(config["train_threads"])
-    hours = plan.local_cpu_hours([run_plan], reference, 1)
+    run_plan = runs.plan_runs(config, runs.configured_savings(config), by_run)[0]
+    reference = rates.reference_cpu_rate(config["train_threads"])
+    hours = guard.local_cpu_hours([run_plan], reference, 1)
     # Enough copies of one run to land between the optimistic and the reference estimate.
-    copies = int(plan.SLOW_RUN_HOURS / hours * 2) + 1
+    copies = int(guard.SLOW_RUN_HOURS / hours * 2) + 1
     calls = []
 
     def measured(threads, speed):
         def calibrate(t):
             calls.append(t)
-            return plan.Rate("cpu", "here", reference.flops_per_second * speed, reference.seconds_per_op, "m")
+            return rates.Rate("cpu", "here", reference.flops_per_second * speed, reference.seconds_per_op, "m")
         return calibrate
 
-    assert plan.slow_run_message(config, [run_plan] * copies, 4, 0, calibrate=measured(4, 3.5)) is None
-    assert "hours" in plan.slow_run_message(config, [run_plan] * copies, 4, 0, calibrate=measured(4, 0.5))
+    assert guard.slow_run_message(config, [run_plan] * copies, 4, 0, calibrate=measured(4, 3.5)) is None
+    assert "hours" in guard.slow_run_message(config, [run_plan] * copies, 4, 0, calibrate=measured(4, 0.5))
     assert calls == [4, 4]
 
 
 def test_calibrating_the_cpu_measures_a_positive_rate():
-    rate = plan.calibrate_cpu(1, seconds=0.2)
+    rate = rates.calibrate_cpu(1, seconds=0.2)
     assert rate.flops_per_second > 1e8 and 0 < rate.seconds_per_op < 1e-3
     assert "measured here" in rate.basis
 

@@ -9,9 +9,10 @@ import logging
 import pytest
 import torch
 
-from cnnrepro import feature_cache, models, train
+from cnnrepro import models
+from cnnrepro.engine import feature_cache, train
+from cnnrepro.engine.recipe import build_run_model
 from cnnrepro.models import registry
-from cnnrepro.recipe import build_run_model
 from tests.test_train import RGB_INPUT, VOLATILE, history_rows, make_settings, run, weights
 
 pytestmark = pytest.mark.usefixtures("torch_globals_restored")
@@ -103,7 +104,7 @@ def test_the_trained_suffix_is_identical_to_uncached_training(model, freeze, siz
 ])
 def test_the_log_says_when_and_why_caching_is_refused(recipe, augment, freeze, reason, data_file, tmp_path, caplog):
     model = "resnet18" if freeze == "late" else "squeezenet1_1"
-    caplog.set_level(logging.INFO, logger="cnnrepro.train")
+    caplog.set_level(logging.INFO, logger="cnnrepro.engine.train")
     record = run(make_settings(model, {"epochs": 1, "batch_size": 128, **recipe}, freeze, SQUEEZE_INPUT, augment),
                  data_file, tmp_path)
     assert f"feature cache: off — {reason}" in caplog.text
@@ -115,7 +116,7 @@ def test_stages_that_do_not_reproduce_the_model_are_refused(data_file, tmp_path,
     # A registration that forgot a max pool: its prefix output has the wrong shape.
     broken = models.FeatureSplit(lambda m: [(n, s) for n, s in spec.feature_split.stages(m) if n != "features.2"])
     monkeypatch.setitem(registry._REGISTRY, "squeezenet1_1", dataclasses.replace(spec, feature_split=broken))
-    caplog.set_level(logging.INFO, logger="cnnrepro.train")
+    caplog.set_level(logging.INFO, logger="cnnrepro.engine.train")
     record = run(make_settings("squeezenet1_1", {"epochs": 1}, SEED004_LEVEL2, SQUEEZE_INPUT), data_file, tmp_path)
     assert "do not reproduce the model's output" in caplog.text and record["speed"]["feature_cache"] is False
 

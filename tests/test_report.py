@@ -6,8 +6,12 @@ import re
 import pandas as pd
 import pytest
 
-from cnnrepro import aggregate, io, report
 from cnnrepro import config as cfg
+from cnnrepro.report import latex, pages, table_view
+from cnnrepro.runtime import io
+from cnnrepro.tables import aggregate, layout
+from cnnrepro.tables import summary as run_summary
+from cnnrepro.tables import verdicts as vd
 from tests.test_aggregate import REPO, fake_record, write_inputs
 
 PNG = bytes.fromhex("89504e470d0a1a0a")  # a PNG signature is enough: the page only embeds the bytes
@@ -25,9 +29,9 @@ def aggregated(config, root, records=None, partial_drop=()):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text("epoch 1/1\n")
     for study in config["studies"]:
-        names = aggregate.study_tables(config, study)
+        names = layout.study_tables(config, study)
         paper = {n: cfg.paper_table_path(config, t) for n, t in
-                 ((aggregate.table_name(config, t), t) for t in config["studies"][study]["tables"])}
+                 ((layout.table_name(config, t), t) for t in config["studies"][study]["tables"])}
         out = {n: root / "tables" / n for n in names}
         tables.update(out)
         ids = {r.id for r in cfg.expand_runs(config, [study])}
@@ -43,7 +47,7 @@ def aggregated(config, root, records=None, partial_drop=()):
 def render_all(config, root, records=None, figures=None):
     tables, runs, _ = aggregated(config, root, records)
     html, tex = root / "report" / "index.html", root / "report" / "report.tex"
-    report.render(config, list(config["studies"]), tables, runs, figures or {}, html, tex, REPO)
+    pages.render(config, list(config["studies"]), tables, runs, figures or {}, html, tex, REPO)
     return html.read_text(), tex.read_text()
 
 
@@ -99,8 +103,8 @@ def test_every_study_table_number_and_caption_is_on_the_page(full):
     for name, study in config["studies"].items():
         assert f'<section id="{name}">' in page and study["title"] in page
         for table in study["tables"]:
-            anchor = re.sub(r"[^A-Za-z0-9_-]+", "-", aggregate.table_name(config, table))
-            heading = table["number"] or aggregate.table_name(config, table)
+            anchor = re.sub(r"[^A-Za-z0-9_-]+", "-", layout.table_name(config, table))
+            heading = table["number"] or layout.table_name(config, table)
             assert f'<h3 id="{anchor}">{heading}' in page, anchor
             assert table["caption"].replace('"', "&#34;") in page
     assert "Tabela com o comparativo de resultados pelas redes avaliadas no CIFAR-10" in latex
@@ -194,9 +198,9 @@ def test_figures_are_embedded_in_the_html_and_included_by_the_latex(full):
 def test_a_study_page_has_its_tables_only_and_links_the_full_report(full, tmp_path):
     config, folder, _, _ = full
     study = "tiny_mnist_fcnn_vs_cnn"
-    tables = {n: folder / "tables" / n for n in aggregate.study_tables(config, study)}
+    tables = {n: folder / "tables" / n for n in layout.study_tables(config, study)}
     html, tex = tmp_path / study / "index.html", tmp_path / study / "report.tex"
-    report.render(config, [study], tables, folder / "tables" / study / "runs.csv", {}, html, tex, REPO)
+    pages.render(config, [study], tables, folder / "tables" / study / "runs.csv", {}, html, tex, REPO)
     page = html.read_text()
     assert '<section id="tiny_mnist_fcnn_vs_cnn">' in page and '<section id="seed000_resnet_mnist">' not in page
     assert '<a href="../index.html">full report</a>' in page
@@ -219,16 +223,16 @@ def test_partial_results_mark_failed_and_not_run_runs_and_still_render(raw_confi
         if name == study:
             logs[failed].parent.mkdir(parents=True, exist_ok=True)
             logs[failed].write_text("Traceback ...\nRuntimeError: boom\n")
-        files[name] = report.StudyFiles(
+        files[name] = pages.StudyFiles(
             metrics=[p for p in metrics if io.read_json(p)["run_id"] in ids],
             bench=[p for p in bench if io.read_json(p)["study"] == name],
-            paper_tables={aggregate.table_name(config, t): cfg.paper_table_path(config, t)
+            paper_tables={layout.table_name(config, t): cfg.paper_table_path(config, t)
                           for t in config["studies"][name]["tables"]},
-            tables={n: tmp_path / "tables" / n for n in aggregate.study_tables(config, name)},
+            tables={n: tmp_path / "tables" / n for n in layout.study_tables(config, name)},
             runs=tmp_path / "tables" / name / "runs.csv", models=tmp_path / "tables" / name / "models.csv",
             logs=logs, figures={}, html=tmp_path / "report" / name / "index.html",
             tex=tmp_path / "report" / name / "report.tex")
-    assert report.render_partial(config, files, tmp_path / "tables" / "runs.csv", tmp_path / "tables" / "models.csv",
+    assert pages.render_partial(config, files, tmp_path / "tables" / "runs.csv", tmp_path / "tables" / "models.csv",
                                  tmp_path / "report" / "index.html", tmp_path / "report" / "report.tex", REPO)
     page = (tmp_path / "report" / "index.html").read_text()
     assert 'id="partial"' in page and "1 failed" in page and "1 not run" in page
@@ -242,43 +246,43 @@ def test_partial_results_mark_failed_and_not_run_runs_and_still_render(raw_confi
     # Nothing ran at all: no partial report is written.
     for name in files:
         files[name].metrics, files[name].logs = [], {}
-    assert not report.render_partial(config, files, tmp_path / "x.csv", tmp_path / "y.csv", tmp_path / "z.html",
+    assert not pages.render_partial(config, files, tmp_path / "x.csv", tmp_path / "y.csv", tmp_path / "z.html",
                                      tmp_path / "z.tex")
 
 
 def test_a_missing_table_file_is_an_error_naming_it(full, tmp_path):
     config, folder, _, _ = full
-    tables = {n: folder / "tables" / n for s in config["studies"] for n in aggregate.study_tables(config, s)}
+    tables = {n: folder / "tables" / n for s in config["studies"] for n in layout.study_tables(config, s)}
     del tables["seed003_table1_f1_test.csv"]
     with pytest.raises(ValueError, match="seed003_table1_f1_test.csv"):
-        report.render(config, list(config["studies"]), tables, folder / "tables" / "runs.csv", {},
+        pages.render(config, list(config["studies"]), tables, folder / "tables" / "runs.csv", {},
                       tmp_path / "index.html", tmp_path / "report.tex")
 
 
 def test_latex_escaping():
-    assert report._latex_escape("a_b & 5% #1 $x$") == "a\\_b \\& 5\\% \\#1 \\$x\\$"
-    assert report._latex_escape("Δ −0.18 ± 2 ≠ ✓") == "$\\Delta$ \\textminus{}0.18 \\textpm{} 2 $\\neq$ \\agree{}"
-    assert report._latex_escape("Acurácia 1ª Epoch 中") == "Acurácia 1ª Epoch ?"
+    assert latex.escape("a_b & 5% #1 $x$") == "a\\_b \\& 5\\% \\#1 \\$x\\$"
+    assert latex.escape("Δ −0.18 ± 2 ≠ ✓") == "$\\Delta$ \\textminus{}0.18 \\textpm{} 2 $\\neq$ \\agree{}"
+    assert latex.escape("Acurácia 1ª Epoch 中") == "Acurácia 1ª Epoch ?"
 
 
 def test_numbers_in_the_papers_decimals_and_separators():
-    assert report.format_number(84.0, 2) == "84.00" and report.format_number(746638.0, 0) == "746,638"
-    assert report.format_number(3736.2, 0) == "3736" and report.format_number(None, 2) == report.MISSING
-    assert report.format_delta(-0.18, 2) == "−0.18" and report.format_delta(0.0001, 2) == "±0.00"
-    assert report.format_delta(12.5, 1) == "+12.5"
+    assert table_view.format_number(84.0, 2) == "84.00" and table_view.format_number(746638.0, 0) == "746,638"
+    assert table_view.format_number(3736.2, 0) == "3736" and table_view.format_number(None, 2) == pages.MISSING
+    assert table_view.format_delta(-0.18, 2) == "−0.18" and table_view.format_delta(0.0001, 2) == "±0.00"
+    assert table_view.format_delta(12.5, 1) == "+12.5"
 
 
 def test_each_distinct_set_of_deviations_gets_its_own_sign(tmp_path):
     (tmp_path / "t.csv").write_text("model,acc\nA,1.0\nB,2.0\nC,3.0\n")
     table = {"file": "t.csv", "metrics": {"acc": "test_top1_pct"},
              "match": {"model": {"A": {"model": "a"}, "B": {"model": "b"}, "C": {"model": "c"}}}}
-    summaries = [aggregate.summarize(fake_record("s", "cifar10", m, top1=0.01,
+    summaries = [run_summary.summarize(fake_record("s", "cifar10", m, top1=0.01,
                                                  extra={"speed": {"deviations": d}}))
                  for m, d in (("a", ["bf16 autocast"]), ("b", ["channels_last"]))]
     frame = aggregate.paper_table(table, "s", summaries, tmp_path / "t.csv")
     frame.to_csv(tmp_path / "out.csv", index=False)
-    view = report.table_view(pd.read_csv(tmp_path / "out.csv", dtype=str, keep_default_na=False), table, "t.csv",
-                             report.vd.default_rules())
+    view = pages.table_view(pd.read_csv(tmp_path / "out.csv", dtype=str, keep_default_na=False), table, "t.csv",
+                             vd.default_rules())
     marks = [row[1].ours_marks for row in view["body"]]
     assert marks == [["†"], ["‡"], []]  # no sign beside a cell without our number
     assert view["legend"] == [{"mark": "†", "text": "computed with: bf16 autocast"},
@@ -293,7 +297,7 @@ def test_with_three_seeds_a_cell_shows_mean_std_n_and_the_interval_in_html_and_l
                for run in cfg.expand_runs(config, [study])}
     tables, runs, _ = aggregated(config, tmp_path, records)
     html, tex = tmp_path / "page" / "index.html", tmp_path / "page" / "report.tex"
-    report.render(config, [study], tables, runs, {}, html, tex, REPO)
+    pages.render(config, [study], tables, runs, {}, html, tex, REPO)
     cell = section(html.read_text(), "seed001_accuracy_cifar10-csv")
     cell = cell[cell.index("MobileNet"):cell.index("</td>", cell.index("MobileNet"))]
     words = re.sub(r"<[^>]+>", " ", cell).split()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cnnrepro import config as cfg
-from cnnrepro import resources
+from cnnrepro.plan import memory, resources
 
 
 @pytest.fixture
@@ -24,41 +24,41 @@ def test_memory_grows_with_what_the_job_holds(settings):
     expanded = by_run["seed003_kmnist_fcnn_cnn/kmnist/fcnn/none/augment-kmnist10x/seed42"]
     data = cfg.data_settings(config, "kmnist")
     # Seed 003's 10 augmented copies of 60,000 28x28 images: ~470 MB more to hold.
-    assert resources.train_mem_mb(expanded, data) - resources.train_mem_mb(plain, data) > 1.5 * 400
+    assert memory.train_mem_mb(expanded, data) - memory.train_mem_mb(plain, data) > 1.5 * 400
     small = {**data, "source": "synthetic", "synthetic_train": 256, "synthetic_test": 128}
-    assert resources.train_mem_mb(plain, small) < resources.train_mem_mb(plain, data)
-    assert resources.dataset_bytes("kmnist", data) == 70_000 * 28 * 28
-    assert resources.dataset_bytes("kmnist", {**data, "subsample_train": 5000}) == 15_000 * 28 * 28
+    assert memory.train_mem_mb(plain, small) < memory.train_mem_mb(plain, data)
+    assert memory.dataset_bytes("kmnist", data) == 70_000 * 28 * 28
+    assert memory.dataset_bytes("kmnist", {**data, "subsample_train": 5000}) == 15_000 * 28 * 28
 
 
 def test_activations_count_in_host_memory_only_when_training_on_the_cpu(settings):
-    from cnnrepro import plan
+    from cnnrepro.plan import memory
 
     config, by_run = settings
     seed000 = by_run["seed000_resnet_mnist/mnist/resnet50/head/base/seed0"]
     data = cfg.data_settings(config, "mnist")
-    on_gpu = resources.train_mem_mb({**seed000, "device": "auto"}, data)
-    on_cpu = resources.train_mem_mb({**seed000, "device": "cpu"}, data)
-    activations = plan.activation_bytes(seed000)
-    assert on_cpu - on_gpu == pytest.approx(resources.SAFETY * activations / 2**20, abs=1)
+    on_gpu = memory.train_mem_mb({**seed000, "device": "auto"}, data)
+    on_cpu = memory.train_mem_mb({**seed000, "device": "cpu"}, data)
+    activations = memory.activation_bytes(seed000)
+    assert on_cpu - on_gpu == pytest.approx(memory.SAFETY * activations / 2**20, abs=1)
     assert on_cpu > on_gpu + 3_000  # batch 512 at 224 px: two 3 MB feature maps per image alive at once
     # A frozen backbone keeps nothing for the backward pass; training all of it keeps every op output.
     everything = {**seed000, "trainable": "all", "freeze": "none"}
-    assert plan.activation_bytes(everything) > 5 * activations
-    assert resources.bench_mem_mb(seed000, data, {**config["benchmark"], "batch_sizes": [1, 128]}) > \
-        resources.bench_mem_mb(seed000, data, {**config["benchmark"], "batch_sizes": [1]})
+    assert memory.activation_bytes(everything) > 5 * activations
+    assert memory.bench_mem_mb(seed000, data, {**config["benchmark"], "batch_sizes": [1, 128]}) > \
+        memory.bench_mem_mb(seed000, data, {**config["benchmark"], "batch_sizes": [1]})
 
 
 def test_runtime_requests_follow_the_plan_with_a_margin(settings):
-    from cnnrepro import plan
+    from cnnrepro.plan import rates, runs
 
     config, by_run = settings
-    savings = plan.configured_savings(config)
-    plans = {p.run_id: p for p in plan.plan_runs(config, savings, by_run)}
+    savings = runs.configured_savings(config)
+    plans = {p.run_id: p for p in runs.plan_runs(config, savings, by_run)}
     vgg = "seed002_squeezenet_dsc/cifar10/vgg19/none/base/seed0"
     squeeze = "seed002_squeezenet_dsc/cifar10/squeezenet/none/base/seed0"
     minutes = {run: resources.train_runtime_min(plans[run], by_run[run], 4) for run in (vgg, squeeze)}
-    t4 = plan.gpu_rate("t4")
+    t4 = rates.gpu_rate("t4")
     assert minutes[vgg] == pytest.approx(resources.RUNTIME_SAFETY * plans[vgg].seconds(t4) / 60, abs=1)
     assert minutes[vgg] > 3 * minutes[squeeze] > 3 * resources.MIN_RUNTIME_MIN
     # A CPU job is estimated at the reference CPU rate with its own threads: more threads, less time.

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from cnnrepro import config as cfg
-from cnnrepro.schedules import make_schedule
+from cnnrepro.engine.schedules import make_schedule
 
 REPO = Path(__file__).resolve().parents[1]
 HISTORIES = REPO / "authors" / "seed003_kmnist_histories.json"

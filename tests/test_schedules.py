@@ -1,4 +1,4 @@
-"""Scripted-metric tests for cnnrepro.schedules."""
+"""Scripted-metric tests for cnnrepro.engine.schedules."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import pytest
 
 from cnnrepro import config as cfg
-from cnnrepro.schedules import (
+from cnnrepro.engine.schedules import (
     ConstantSchedule,
     EpochDecision,
     KerasPlateauSchedule,

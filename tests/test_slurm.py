@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from cnnrepro import slurm
+from cnnrepro.runtime import slurm
 from tests.slurm import cluster as slurm_cluster
 from tests.test_e2e import REPO, copy_workflow
 

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 
 from cnnrepro import config as cfg
-from cnnrepro import figures
+from cnnrepro.report import figure_plan
 from tests.test_e2e import CONFIGFILES, SIXTH, snakemake, working_directory
 
 
-def figure_plan(workdir: Path, config: dict) -> dict[str, list[figures.Figure]]:
+def figures_of(workdir: Path, config: dict) -> dict[str, list[figure_plan.Figure]]:
     with working_directory(workdir):
-        return figures.plan(config)
+        return figure_plan.plan(config, cfg.settings_by_run(config))
 
 
 @pytest.mark.e2e
@@ -25,7 +25,7 @@ def test_every_study_gets_its_figures_as_png_and_pdf(smoke):
     import matplotlib.image as mpimg
 
     workdir, config, results = smoke
-    plan = figure_plan(workdir, config)
+    plan = figures_of(workdir, config)
     assert [f.name for f in plan[SIXTH]] == ["curves-mnist", "f1-mnist", "confusion-mnist", "classes-mnist"]
     for study, planned in plan.items():
         for figure in planned:
@@ -60,7 +60,7 @@ def snakemake_report(smoke, tmp_path_factory):
 @pytest.mark.e2e
 def test_the_snakemake_report_has_one_category_per_study_with_its_tables_and_figures(snakemake_report):
     entries, categories, names, (workdir, config, results) = snakemake_report
-    plan = figure_plan(workdir, config)
+    plan = figures_of(workdir, config)
     for study, settings in config["studies"].items():
         assert study in categories, f"no report category for study {study}; categories: {list(categories)}"
         listed = categories[study]
@@ -77,11 +77,11 @@ def test_the_snakemake_report_has_one_category_per_study_with_its_tables_and_fig
 def test_each_figure_and_table_in_the_snakemake_report_has_its_caption_and_labels(snakemake_report):
     entries, categories, names, (workdir, config, results) = snakemake_report
     with working_directory(workdir):
-        for study, planned in figure_plan(workdir, config).items():
+        for study, planned in figures_of(workdir, config).items():
             for figure in planned:
                 path = next(p for p in categories[study]["figures"] if Path(p).name == f"{figure.name}.png")
                 entry = entries[path]
-                caption = figures.caption(config, study, figure.name)
+                caption = figure_plan.caption(config, figure)
                 # docutils renders the caption into HTML; its opening words are there as written.
                 assert caption.split(":")[0][:60] in entry["caption"].replace("\n", " "), (figure.name, entry["caption"])
                 assert "system-message" not in entry["caption"]

@@ -22,11 +22,13 @@ import torch
 import torch.nn.functional as F
 
 from cnnrepro import config as cfgmod
-from cnnrepro import checkpoint, datasets, feature_cache, models, train
+from cnnrepro import models
+from cnnrepro.data import compact
+from cnnrepro.data.splits import Split
+from cnnrepro.engine import checkpoint, feature_cache, train
+from cnnrepro.engine.recipe import deviations, effective_speed, native_bf16, numerics_record
 from cnnrepro.models import registry
-from cnnrepro.progress import ProgressBar
-from cnnrepro.recipe import deviations, effective_speed, native_bf16, numerics_record
-from cnnrepro.splits import Split
+from cnnrepro.runtime.progress import ProgressBar
 from tests.conftest import config_defaults
 
 NORMALIZATION = {
@@ -141,7 +143,7 @@ def test_cuda_only_switches_do_not_change_cpu_numbers(data_file, tmp_path):
 KILLABLE = textwrap.dedent("""
     import json, sys, time
     from pathlib import Path
-    from cnnrepro import train
+    from cnnrepro.engine import train
 
     settings = json.loads(Path(sys.argv[1]).read_text())
     real = train.train_one_epoch
@@ -196,7 +198,7 @@ def test_killed_run_resumes_to_identical_results(reference, data_file, tmp_path,
     stale = folder / ".checkpoint.pt.leftover.tmp"  # what a kill inside an atomic write leaves behind
     stale.write_bytes(b"partial")
 
-    caplog.set_level(logging.INFO, logger="cnnrepro.train")
+    caplog.set_level(logging.INFO, logger="cnnrepro.engine.train")
     resumed = run(settings, data_file, folder)
     assert f"resuming {settings['run_id']} from the checkpoint after epoch {killed_at}" in caplog.text
     assert not stale.exists()
@@ -240,7 +242,7 @@ def test_head_only_run_resumes_from_a_small_checkpoint(bn_frozen, data_file, tmp
 
 
 def test_checkpoint_for_other_settings_or_damaged_is_ignored(data_file, tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="cnnrepro.train")
+    caplog.set_level(logging.INFO, logger="cnnrepro.engine.train")
     first = make_settings("fcnn", {"epochs": 2})
     fresh = run(first, data_file, tmp_path / "fresh")
     # A checkpoint from a run with another lr must not be resumed from.
@@ -381,7 +383,7 @@ def test_feature_cache_refusal_reasons(monkeypatch):
 
 
 def test_feature_cache_decision_is_logged(data_file, tmp_path, caplog, monkeypatch):
-    caplog.set_level(logging.INFO, logger="cnnrepro.train")
+    caplog.set_level(logging.INFO, logger="cnnrepro.engine.train")
     recipe = {"epochs": 1, "batch_size": 64}
     run(make_settings("resnet18", recipe, "head", RGB_INPUT), data_file, tmp_path / "bn")
     assert "feature cache: off — BatchNorm runs in train mode" in caplog.text
@@ -459,7 +461,7 @@ def test_eval_every_skips_epochs_without_changing_the_training(data_file, tmp_pa
     # fcnn has dropout: an evaluation drawing random numbers would change the training after it.
     every = run(make_settings("fcnn", {"epochs": 5}), data_file, tmp_path / "every")
     sizes = _count_evaluations(monkeypatch)
-    caplog.set_level(logging.INFO, logger="cnnrepro.train")
+    caplog.set_level(logging.INFO, logger="cnnrepro.engine.train")
     sparse = run(make_settings("fcnn", {"epochs": 5, "eval_every": 2}), data_file, tmp_path / "sparse")
     assert "evaluating every 2 epochs and after the last" in caplog.text and "(not evaluated)" in caplog.text
     assert len(sizes) == 3  # epochs 2, 4 and 5; the record reuses epoch 5's (eval is the test split here)
@@ -495,7 +497,7 @@ def test_the_record_reuses_the_last_epochs_evaluation(eval_split, evaluations, d
 ])
 def test_a_schedule_or_selection_reading_every_evaluation_forces_eval_every_1(recipe, why, data_file, tmp_path,
                                                                                caplog):
-    caplog.set_level(logging.INFO, logger="cnnrepro.train")
+    caplog.set_level(logging.INFO, logger="cnnrepro.engine.train")
     record = run(make_settings("fcnn", {**recipe, "eval_every": 3}), data_file, tmp_path)
     assert f"evaluating every epoch, not every 3 (recipe.eval_every): {why}" in caplog.text
     assert record["eval_every"] == 1 and all(row["eval_acc"] for row in history_rows(tmp_path))
@@ -583,7 +585,7 @@ def test_speed_switches_live_in_the_speed_block_not_the_recipe():
 def test_keras_epoch_loss_weights_each_batch_by_its_size(data_file):
     # 256 images in batches of 100: 100, 100, 56. With lr 0 and no dropout the loss of every batch is known in
     # advance, so both means can be computed by hand.
-    train_split = datasets.read_compact(data_file)["splits"]["train"]
+    train_split = compact.read_compact(data_file)["splits"]["train"]
     split = Split(train_split["x"], train_split["y"], lambda x, generator=None, train=False: x.float() / 255,
                   torch.device("cpu"))
     torch.manual_seed(0)

@@ -5,8 +5,8 @@ import math
 import pytest
 
 from cnnrepro import config as cfg
-from cnnrepro import verdicts as vd
-from cnnrepro.verdicts import Cell, Stats
+from cnnrepro.tables import verdicts as vd
+from cnnrepro.tables.verdicts import Cell, Stats
 
 
 def rules(**overrides):

@@ -7,19 +7,15 @@ import csv
 import sys
 
 from cnnrepro import config as cfg
+from cnnrepro import models, startup
+from cnnrepro.engine.recipe import build_run_model
+from cnnrepro.plan import rates, runs
 
 
-def _load(args) -> dict:
-    return cfg.load_config(args.config, args.configfile or [])
-
-
-def model_rows(config: dict) -> list[dict]:
+def model_rows(settings_by_run: dict[str, dict]) -> list[dict]:
     """One row per (model, dataset, freeze level) used by the configured studies, with parameter counts."""
-    from cnnrepro import models
-    from cnnrepro.recipe import build_run_model
-
     rows, seen = [], set()
-    for settings in cfg.settings_by_run(config).values():
+    for settings in settings_by_run.values():
         key = (settings["model"], settings["dataset"], settings["freeze"])
         if key in seen:
             continue
@@ -39,7 +35,8 @@ def _print(rows: list[dict], fmt: str | None) -> None:
         writer.writeheader()
         writer.writerows(rows)
         return
-    widths = {k: max(len(k), *(len(f"{r[k]:,}" if isinstance(r[k], int) else str(r[k])) for r in rows)) for k in rows[0]}
+    shown = [{k: f"{v:,}" if isinstance(v, int) else str(v) for k, v in r.items()} for r in rows]
+    widths = {k: max(len(k), *(len(r[k]) for r in shown)) for k in rows[0]}
     print("  ".join(k.ljust(widths[k]) for k in rows[0]))
     for r in rows:
         print("  ".join((f"{r[k]:,}".rjust(widths[k]) if isinstance(r[k], int) else str(r[k]).ljust(widths[k]))
@@ -57,24 +54,23 @@ def _duration(seconds: float) -> str:
 EPOCH_BASIS = {"fixed": "", "authors": " (authors)", "cap": " (cap)"}
 
 
-def plan_tables(config: dict, device: str, eval_every: int, rate=None) -> tuple[list[str], list[dict], list[dict]]:
+def plan_tables(checked: startup.Checked, device: str, eval_every: int,
+                rate: rates.Rate | None = None) -> tuple[list[str], list[dict], list[dict]]:
     """(header lines, one row per run, one row per study and a total) of `cnnrepro plan`: the runs as the config
     trains them, and each study without any saving and with every saving that applies."""
-    from cnnrepro import plan
-
-    rate = rate or plan.rate_for(device, config)
-    by_run = cfg.settings_by_run(config)
-    scenarios = {"none": plan.NO_SAVINGS, "config": plan.configured_savings(config),
-                 "all": plan.all_savings(eval_every)}
-    plans = {name: plan.plan_runs(config, savings, by_run) for name, savings in scenarios.items()}
+    config = checked.config
+    rate = rate or runs.rate_for(device, config)
+    scenarios = {"none": runs.NO_SAVINGS, "config": runs.configured_savings(config),
+                 "all": runs.all_savings(eval_every)}
+    plans = {name: runs.plan_runs(config, savings, checked.settings) for name, savings in scenarios.items()}
     header = [f"device: {rate.basis}",
               "time = max(FLOPs / sustained rate, steps x ops x per-op cost) per pass, plus "
-              f"{plan.JOB_STARTUP_SECONDS:.0f} s start-up per job; backward = 2 x the forward FLOPs of the trained "
+              f"{rates.JOB_STARTUP_SECONDS:.0f} s start-up per job; backward = 2 x the forward FLOPs of the trained "
               "part; epochs: (authors) = their observed stop, (cap) = max_epochs, an upper bound",
               *(f"savings '{name}': {savings.label()}" for name, savings in scenarios.items())]
-    runs = []
+    rows = []
     for p in plans["config"]:
-        runs.append({"run": p.run_id, "epochs": f"{p.epochs}{EPOCH_BASIS[p.epochs_basis]}",
+        rows.append({"run": p.run_id, "epochs": f"{p.epochs}{EPOCH_BASIS[p.epochs_basis]}",
                      "trained": p.trained_epochs, "cache": p.cache, "evals": p.evaluations,
                      "train_images": next(q.images for q in p.passes if q.what == "train") // max(p.trained_epochs, 1),
                      "TFLOP": round(p.flops / 1e12, 1), "time": _duration(p.seconds(rate)),
@@ -95,7 +91,7 @@ def plan_tables(config: dict, device: str, eval_every: int, rate=None) -> tuple[
     over = [p.run_id for p in plans["config"] if rate.memory_gib and p.device_bytes > rate.memory_gib * 2**30]
     if over:
         header.append(f"over the device's {rate.memory_gib:g} GiB: {', '.join(over)}")
-    return header, runs, [*studies, total]
+    return header, rows, [*studies, total]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,21 +112,22 @@ def main(argv: list[str] | None = None) -> int:
     p_plan.add_argument("--format", choices=["csv"], help="machine-readable: one row per run")
     args = parser.parse_args(argv)
     try:
-        config = _load(args)
+        checked = startup.load(args.config, args.configfile or [])
     except (cfg.ConfigError, FileNotFoundError) as error:
         print(f"cnnrepro: {error}", file=sys.stderr)
         return 2
+    config = checked.config
     if args.command == "models":
-        _print(model_rows(config), args.format)
+        _print(model_rows(checked.settings), args.format)
     elif args.command == "runs":
         _print([{"run": r.id} | r.wildcards for r in cfg.expand_runs(config)], args.format)
     elif args.command == "plan":
-        header, runs, studies = plan_tables(config, args.device, args.eval_every)
+        header, run_rows, studies = plan_tables(checked, args.device, args.eval_every)
         if args.format == "csv":
-            _print(runs, "csv")
+            _print(run_rows, "csv")
         else:
             print("\n".join(header), end="\n\n")
-            _print(runs, None)
+            _print(run_rows, None)
             print()
             _print(studies, None)
     elif args.command == "check":

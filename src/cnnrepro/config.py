@@ -7,16 +7,22 @@ the study has no grid.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import itertools
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
+import jsonschema
+import torch
 import yaml
+
+from cnnrepro import models
+from cnnrepro.data.augment import AUGMENTATIONS
+from cnnrepro.data.catalog import DATASETS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -26,6 +32,27 @@ GRID_KEYS = ("augment", "pretrained", "eval_split")
 
 class ConfigError(ValueError):
     """A configuration problem, with the offending field named in the message."""
+
+
+class BenchKey(NamedTuple):
+    """What a benchmark measures: the model of one (study, dataset, model, freeze level), trained by the first
+    variant and seed of its runs (:func:`benchmarked_runs`)."""
+
+    study: str
+    dataset: str
+    model: str
+    freeze: str
+
+    @classmethod
+    def of(cls, record: dict) -> "BenchKey":
+        """The key of a benchmark record, a run's settings or its summary (each holds the four fields)."""
+        return cls(*(record[name] for name in cls._fields))
+
+
+# A benchmark's folder under bench/ (workflow/rules/bench.smk), from its key's fields.
+BENCH_PATTERN = "{study}/{dataset}/{model}/{freeze}"
+# A run's id, which is also its folder under runs/, checkpoints/ and logs/ (workflow/rules/engine.smk).
+RUN_PATTERN = "{study}/{dataset}/{model}/{freeze}/{variant}/seed{seed}"
 
 
 @dataclass(frozen=True, order=True)
@@ -39,12 +66,16 @@ class Run:
 
     @property
     def id(self) -> str:
-        return f"{self.study}/{self.dataset}/{self.model}/{self.freeze}/{self.variant}/seed{self.seed}"
+        return RUN_PATTERN.format(**self.wildcards)
 
     @property
     def wildcards(self) -> dict[str, str]:
         return {"study": self.study, "dataset": self.dataset, "model": self.model,
                 "freeze": self.freeze, "variant": self.variant, "seed": str(self.seed)}
+
+    @property
+    def bench_key(self) -> BenchKey:
+        return BenchKey(self.study, self.dataset, self.model, self.freeze)
 
 
 def deep_merge(base: dict, overlay: dict) -> dict:
@@ -71,17 +102,14 @@ def _field_path(parts: Iterable[Any]) -> str:
 
 
 def load_schema(schema_path: str | Path = SCHEMA_PATH) -> dict:
-    """The config schema, with the model, dataset and augmentation names taken from their registrations
-    (read at each call, so a model registered at run time is a valid name). A copy: the caller may change it."""
-    return copy.deepcopy(_schema(schema_path))
+    """A copy of :func:`config_schema` the caller may change."""
+    return copy.deepcopy(config_schema(schema_path))
 
 
-def _schema(schema_path: str | Path = SCHEMA_PATH) -> dict:
-    """:func:`load_schema` without the copy, for the checks here (which never change it)."""
-    from cnnrepro import augment, datasets, models
-
-    return _named_schema(str(schema_path), tuple(models.model_names()), tuple(datasets.DATASETS),
-                         tuple(augment.AUGMENTATIONS))
+def config_schema(schema_path: str | Path = SCHEMA_PATH) -> dict:
+    """The config schema, with the model, dataset and augmentation names taken from their registrations (read at
+    each call, so a model registered at run time is a valid name). Shared: never change it."""
+    return _named_schema(str(schema_path), tuple(models.model_names()), tuple(DATASETS), tuple(AUGMENTATIONS))
 
 
 @functools.lru_cache(maxsize=16)
@@ -104,15 +132,11 @@ def _validator(schema: dict):
     Defaults are set before the properties are checked, so a default object (``data: {}``) gets its own
     defaults filled too, and ``if``/``then`` branches (per optimizer, per schedule) add theirs.
     """
-    import jsonschema
-
     return _filling_validator_class(jsonschema.validators.validator_for(schema))(schema)
 
 
 @functools.lru_cache(maxsize=None)
 def _filling_validator_class(base):
-    import jsonschema
-
     check_properties = base.VALIDATORS["properties"]
 
     def properties_with_defaults(validator, properties, instance, subschema):
@@ -128,8 +152,6 @@ def _filling_validator_class(base):
 def _check_against(instance: Any, schema: dict, where: str = "") -> None:
     """Validate (filling defaults in place); raise ConfigError naming the first offending field, its value and,
     where the schema has a fixed set, the accepted values or keys."""
-    import jsonschema
-
     errors = list(_validator(schema).iter_errors(instance))
     if not errors:
         return
@@ -172,7 +194,7 @@ def validate(config: dict, schema_path: str | Path = SCHEMA_PATH) -> dict:
     """Check ``config`` against the schema in one pass that fills its defaults in place, then check what
     the schema cannot (names defined elsewhere in the config, files). Recipes are checked per run
     (:func:`run_settings`), after grid values are applied."""
-    _check_against(config, _schema(schema_path))
+    _check_against(config, config_schema(schema_path))
     apply_min_seeds(config)
     check_semantics(config)
     return config
@@ -194,20 +216,9 @@ def apply_min_seeds(config: dict) -> None:
         study["seeds"] = seeds
 
 
-def load_config(path: str | Path = "config.yaml", overlays: Iterable[str | Path] = ()) -> dict:
-    config = load_yaml(path)
-    for overlay in overlays:
-        config = deep_merge(config, load_yaml(overlay))
-    validate(config)
-    settings_by_run(config)  # every run's recipe is checked before anything runs
-    return config
-
-
 def normalizations(config: dict) -> dict[str, dict]:
     """Every normalisation a study can name: ``unit`` (pixels / 255 only, as the Keras studies), each dataset's
     own statistics under its name, then the config's named ones."""
-    from cnnrepro.datasets import DATASETS
-
     named = {name: {"mean": list(info.mean), "std": list(info.std)} for name, info in DATASETS.items()}
     return {"unit": {"mean": [], "std": []}, **named, **config["normalization"]}
 
@@ -256,10 +267,8 @@ EXCLUDE_FIELDS = ("dataset", "model", "freeze", "seed")
 
 def _check_exclude(config: dict, where: str, study: dict) -> None:
     """An exclude rule names run fields (a misspelt one would silently exclude nothing) and known names."""
-    from cnnrepro import datasets, models
-
     fields = [*EXCLUDE_FIELDS, *study["grid"]]
-    known = {"dataset": tuple(datasets.DATASETS), "model": models.model_names(),
+    known = {"dataset": tuple(DATASETS), "model": models.model_names(),
              "freeze": tuple(config["freeze_levels"])}
     for i, rule in enumerate(study["exclude"]):
         if not rule:
@@ -325,35 +334,15 @@ def _check_data(config: dict) -> None:
 
 
 def check_semantics(config: dict) -> None:
-    """What the schema cannot check: names defined elsewhere in the config, files and their contents (paper
-    tables, npz files)."""
-    schema = _schema()
-    tables_dir = Path(config["paper_tables_dir"])
-    table_names: dict[str, str] = {}  # output file name -> the field that claimed it first
+    """What the schema cannot check: names defined elsewhere in the config, npz files. (Each stage checks what it
+    will read on top of this before any job runs: cnnrepro.startup.)"""
+    full = config_schema()
     _check_normalizations(config)
     for name, study in config["studies"].items():
         where = f"studies.{name}"
         _check_names(config, name, study)
-        _check_grid(schema, where, study)
+        _check_grid(full, where, study)
         _check_exclude(config, where, study)
-        for i, table in enumerate(study["tables"]):
-            path, field = paper_table_path(config, table), f"{where}.tables[{i}].file"
-            if not path.is_file():
-                raise ConfigError(f"config error at '{field}': {path} does not exist; a bare file name is looked "
-                                  f"up in '{tables_dir}/', a path with a '/' is used as given")
-            # Each table is written to tables/<file name>, so two with one name would overwrite each other.
-            if path.name in table_names:
-                raise ConfigError(f"config error at '{field}': '{table['file']}' has the same file name as "
-                                  f"{table_names[path.name]}; both would be written to tables/{path.name}. "
-                                  "Rename one of the CSVs.")
-            table_names[path.name] = f"'{field}' ({path})"
-    from cnnrepro.aggregate import check_paper_tables  # here: aggregate imports this module
-
-    try:
-        check_paper_tables(config)
-    except ValueError as error:
-        raise ConfigError(f"config error {error}" if str(error).startswith("at '") else f"config error: {error}") \
-            from None
     _check_data(config)
 
 
@@ -406,13 +395,13 @@ def expand_runs(config: dict, studies: Iterable[str] | None = None) -> list[Run]
     return runs
 
 
-def benchmarked_runs(config: dict) -> dict[tuple[str, str, str, str], Run]:
-    """(study, dataset, model, freeze) -> the run whose weights are benchmarked (its first variant and seed),
-    for every study with ``benchmark`` on."""
-    chosen: dict[tuple[str, str, str, str], Run] = {}
+def benchmarked_runs(config: dict) -> dict[BenchKey, Run]:
+    """Each benchmark's key -> the run whose weights it measures (the key's first variant and seed), for every
+    study with ``benchmark`` on."""
+    chosen: dict[BenchKey, Run] = {}
     for run in expand_runs(config):
         if config["studies"][run.study]["benchmark"]:
-            chosen.setdefault((run.study, run.dataset, run.model, run.freeze), run)
+            chosen.setdefault(run.bench_key, run)
     return chosen
 
 
@@ -422,9 +411,18 @@ def _fragment(schema: dict, definition: dict) -> dict:
             "$ref": "#/definitions/_part"}
 
 
+def defaults(key: str) -> Any:
+    """The schema's defaults of the top-level config block ``key`` (``verdicts``, ``benchmark``, ...), filled as
+    validation fills them: for code that takes such a block outside a validated config."""
+    full = config_schema()
+    value: dict = {}
+    _check_against(value, _fragment(full, full["properties"][key]), key)
+    return value
+
+
 def recipe_branches(schema: dict | None = None) -> dict[str, dict[str, set[str]]]:
     """{"optimizer": {"sgd": keys sgd uses, ...}, "schedule": {...}}, read from the recipe's if/then branches."""
-    schema = schema or _schema()
+    schema = schema or config_schema()
     out: dict[str, dict[str, set[str]]] = {}
     for branch in schema["definitions"]["recipe"]["allOf"]:
         ((selector, condition),) = branch["if"]["properties"].items()
@@ -435,7 +433,7 @@ def recipe_branches(schema: dict | None = None) -> dict[str, dict[str, set[str]]
 def check_recipe(recipe: dict, where: str, schema: dict | None = None) -> dict:
     """A copy of ``recipe`` checked against the schema with its defaults filled in; a key that the chosen
     optimizer or schedule does not use is an error naming the key and what the chosen one uses."""
-    schema = schema or _schema()
+    schema = schema or config_schema()
     recipe = copy.deepcopy(recipe)
     _check_against(recipe, _fragment(schema, schema["definitions"]["recipe"]), where)
     for selector, branches in recipe_branches(schema).items():
@@ -468,9 +466,7 @@ def run_settings(config: dict, run: Run) -> dict:
 
 
 def _run_settings(config: dict, run: Run, grid_values: dict) -> dict:
-    from cnnrepro import augment, datasets, models
-
-    schema = _schema()
+    schema = config_schema()
     # The study's tables were checked at start-up and settle nothing about a run: not copied for each one.
     study = {key: copy.deepcopy(value) for key, value in config["studies"][run.study].items() if key != "tables"}
     for key, value in grid_values.items():
@@ -491,7 +487,7 @@ def _run_settings(config: dict, run: Run, grid_values: dict) -> dict:
     pretrained = study["pretrained"]
     if limits["pretrained"] is not None:
         pretrained = pretrained and limits["pretrained"]
-    dataset = datasets.DATASETS[run.dataset]
+    dataset = DATASETS[run.dataset]
     model_options = study["model_options"].get(run.model, {})
     accepted = models.get_spec(run.model).options
     for key in model_options:
@@ -511,7 +507,7 @@ def _run_settings(config: dict, run: Run, grid_values: dict) -> dict:
         "input": {"size": input_cfg["size"], "rgb": input_cfg["rgb"], "normalization": input_cfg["normalization"],
                   "mean": list(norm["mean"]), "std": list(norm["std"])},
         "augment": study["augment"],
-        "augment_copies": limits["augment_copies"] or augment.AUGMENTATIONS[study["augment"]].copies,
+        "augment_copies": limits["augment_copies"] or AUGMENTATIONS[study["augment"]].copies,
         "eval_split": study["eval_split"],
         "val_fraction": study["val_fraction"],
         "recipe": recipe,
@@ -542,51 +538,37 @@ def _probe_model(builder: Any, name: str, num_classes: int, in_channels: int, in
     """Build ``name`` as a run would (``builder`` only keys the cache, so a re-registered name is built again)
     on the meta device and run a batch of two ``image_size`` images through it in eval mode: shapes only,
     milliseconds even for VGG19 or ResNet50."""
-    import warnings
-
-    import torch
-
-    from cnnrepro import models
-
-    def build(device: str | None):
-        with torch.device(device) if device else contextlib.nullcontext():
-            return models.build_model(name, num_classes, in_channels=in_channels, input_size=input_size,
-                                      options=json.loads(options))
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # e.g. "Initializing zero-element tensors is a no-op"
-        try:
-            try:
-                model = build("meta")
-            except (NotImplementedError, RuntimeError) as error:
-                if "meta" not in str(error):
-                    raise
-                model = build(None)  # a builder that reads values (.item() ...): built for real, once
-        except (ValueError, TypeError, RuntimeError, KeyError) as error:
-            return ModelProbe(build_error=f"{type(error).__name__}: {error}")
-        forward_error = None
-        try:
-            with torch.no_grad():
-                device = next(model.parameters(), torch.empty(0, device="meta")).device
-                out = model.eval()(torch.empty(2, in_channels, image_size, image_size, device=device))
-            if tuple(out.shape) != (2, num_classes):
-                forward_error = f"its output has shape {list(out.shape)}, expected [2, {num_classes}]"
-        except NotImplementedError:
-            pass  # an operation without a meta kernel: the probe cannot tell, the run will
-        except Exception as error:  # noqa: BLE001 - whatever fails here fails the training job too
-            if "meta" not in str(error):  # data-dependent code (.item() ...) cannot run on meta: undecided
-                forward_error = f"{type(error).__name__}: {error}"
+    try:
+        model = models.build_on_meta(name, num_classes, in_channels, input_size, json.loads(options))
+    except (ValueError, TypeError, RuntimeError, KeyError) as error:
+        return ModelProbe(build_error=f"{type(error).__name__}: {error}")
     return ModelProbe(None, tuple(n for n, _ in model.named_modules()), tuple(n for n, _ in model.named_children()),
-                      tuple(n for n, _ in model.named_parameters()), forward_error)
+                      tuple(n for n, _ in model.named_parameters()),
+                      _forward_error(model, num_classes, in_channels, image_size))
+
+
+def _forward_error(model: torch.nn.Module, num_classes: int, in_channels: int, image_size: int) -> str | None:
+    """Why a batch of two images does not give ``num_classes`` logits each, or None (also when the meta device
+    cannot tell: an op without a meta kernel, or code that reads values; the training job will)."""
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # shapes only: a warning about values says nothing here
+            device = next(model.parameters(), torch.empty(0, device="meta")).device
+            out = model.eval()(torch.empty(2, in_channels, image_size, image_size, device=device))
+    except NotImplementedError:
+        return None
+    except Exception as error:  # noqa: BLE001 - whatever fails here fails the training job too
+        return None if "meta" in str(error) else f"{type(error).__name__}: {error}"
+    if tuple(out.shape) != (2, num_classes):
+        return f"its output has shape {list(out.shape)}, expected [2, {num_classes}]"
+    return None
 
 
 def _check_model(config: dict, run: Run, study: dict, settings: dict, where: str) -> None:
     """What would otherwise fail inside the training job: pretraining a model that has no weights, channels or a
     normalisation the model cannot take, images it cannot take, a freeze level naming modules it does not have.
     The model is built on the meta device (once per distinct build), never with real memory or weights."""
-    from cnnrepro import datasets, models
-
-    spec, dataset = models.get_spec(run.model), datasets.DATASETS[run.dataset]
+    spec, dataset = models.get_spec(run.model), DATASETS[run.dataset]
     model_field = f"{where}.models[{study['models'].index(run.model)}]"
     if settings["pretrained"] and spec.pretrained_weights is None:
         with_weights = [m for m in models.model_names() if models.get_spec(m).pretrained_weights]
@@ -656,7 +638,7 @@ def data_settings(config: dict, dataset: str) -> dict:
     data = config["data"]
     override = copy.deepcopy(data["datasets"].get(dataset, {}))
     # A dataset without an override still gets the defaults of the keys only an override sets (npz, ...).
-    schema = _schema()
+    schema = config_schema()
     _check_against(override, _fragment(schema, schema["properties"]["data"]["properties"]["datasets"][
         "additionalProperties"]), f"data.datasets.{dataset}")
     return {**{k: v for k, v in data.items() if k != "datasets"}, **override}

@@ -1,4 +1,18 @@
-# Data: download (login node, needs internet), then one compact uint8 tensor file per dataset.
+# Data: download (login node, needs internet), then one compact uint8 tensor file per dataset (cnnrepro.data).
+from cnnrepro.plan import memory  # noqa: E402
+
+
+def data_settings(wildcards):
+    return cfg.data_settings(config, wildcards.dataset)
+
+
+def dataset_source_inputs(wildcards):
+    settings = data_settings(wildcards)
+    if settings["source"] == "torchvision":
+        return expand(rules.download_dataset.output[0], dataset=wildcards.dataset)
+    if settings["source"] == "npz":
+        return list(settings["npz"].values())
+    return []
 
 
 localrules:
@@ -57,11 +71,11 @@ rule prepare_dataset:
     conda:
         "../../envs/cnnrepro.yaml"
     resources:
-        mem_mb=lambda wildcards: resources.prepare_mem_mb(
-            wildcards.dataset, cfg.data_settings(config, wildcards.dataset)
+        mem_mb=lambda wildcards: memory.prepare_mem_mb(
+            wildcards.dataset, data_settings(wildcards)
         ),
     params:
-        settings=lambda wildcards: cfg.data_settings(config, wildcards.dataset),
+        settings=data_settings,
         root=config["data_root"],
     script:
         "../scripts/prepare_dataset.py"

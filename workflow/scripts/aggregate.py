@@ -1,10 +1,10 @@
 """Aggregate one study's runs and benchmarks into its paper tables (with verdicts) and its runs and models."""
-from cnnrepro.job_server import delegate
+from cnnrepro.runtime.job_server import delegate
 
-delegate()  # with job_server: true, the run's warm process runs this job (cnnrepro.job_server)
+delegate()  # with job_server: true, the run's warm process runs this job (cnnrepro.runtime.job_server)
 
-from cnnrepro.aggregate import aggregate_study  # noqa: E402
-from cnnrepro.logs import job_log  # noqa: E402
+from cnnrepro.runtime.logs import job_log  # noqa: E402
+from cnnrepro.tables.aggregate import aggregate_study  # noqa: E402
 
 sm = snakemake  # noqa: F821
 with job_log(sm.log[0]):

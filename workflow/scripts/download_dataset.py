@@ -1,6 +1,6 @@
 """Download one dataset through torchvision (or verify the copy already in data_root)."""
-from cnnrepro.datasets import download
-from cnnrepro.logs import job_log
+from cnnrepro.data.sources import download
+from cnnrepro.runtime.logs import job_log
 
 sm = snakemake  # noqa: F821
 with job_log(sm.log[0]):

@@ -1,6 +1,6 @@
 """Fetch one torchvision ImageNet weight file into weights_dir (hash-checked)."""
-from cnnrepro.logs import job_log
 from cnnrepro.models import fetch_weights_file
+from cnnrepro.runtime.logs import job_log
 
 sm = snakemake  # noqa: F821
 with job_log(sm.log[0]):

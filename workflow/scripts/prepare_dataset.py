@@ -1,10 +1,10 @@
 """Convert one dataset once into the compact uint8 tensor file that training reads."""
-from cnnrepro.job_server import delegate
+from cnnrepro.runtime.job_server import delegate
 
-delegate()  # with job_server: true, the run's warm process runs this job (cnnrepro.job_server)
+delegate()  # with job_server: true, the run's warm process runs this job (cnnrepro.runtime.job_server)
 
-from cnnrepro.datasets import prepare_files  # noqa: E402
-from cnnrepro.logs import job_log  # noqa: E402
+from cnnrepro.data.prepare import prepare_files  # noqa: E402
+from cnnrepro.runtime.logs import job_log  # noqa: E402
 
 sm = snakemake  # noqa: F821
 with job_log(sm.log[0]):

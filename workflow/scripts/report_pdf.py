@@ -1,10 +1,10 @@
 """Compile a report's LaTeX document into the PDF beside it."""
-from cnnrepro.job_server import delegate
+from cnnrepro.runtime.job_server import delegate
 
-delegate()  # with job_server: true, the run's warm process runs this job (cnnrepro.job_server)
+delegate()  # with job_server: true, the run's warm process runs this job (cnnrepro.runtime.job_server)
 
-from cnnrepro.logs import job_log  # noqa: E402
-from cnnrepro.report import compile_pdf  # noqa: E402
+from cnnrepro.report.latex import compile_pdf  # noqa: E402
+from cnnrepro.runtime.logs import job_log  # noqa: E402
 
 sm = snakemake  # noqa: F821
 with job_log(sm.log[0]):

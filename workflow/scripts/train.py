@@ -1,11 +1,11 @@
 """Train one run."""
-from cnnrepro.job_server import delegate
+from cnnrepro.runtime.job_server import delegate
 
-delegate()  # with job_server: true, the run's warm process runs this job (cnnrepro.job_server)
+delegate()  # with job_server: true, the run's warm process runs this job (cnnrepro.runtime.job_server)
 
-from cnnrepro import gpu_slots  # noqa: E402
-from cnnrepro.logs import job_log  # noqa: E402
-from cnnrepro.train import ChainStart, RunOutputs, train_run  # noqa: E402
+from cnnrepro.engine.train import ChainStart, RunOutputs, train_run  # noqa: E402
+from cnnrepro.runtime import gpu_slots  # noqa: E402
+from cnnrepro.runtime.logs import job_log  # noqa: E402
 
 sm = snakemake  # noqa: F821
 with job_log(sm.log[0]):

@@ -7,25 +7,16 @@ Importing this package imports every module in it, and each architecture file re
 import importlib
 import pkgutil
 
+from .build import apply_freeze, build_model, build_on_meta, count_params, set_bn_mode
 from .pretrained import fetch_weights, fetch_weights_file, load_weights, weights_file, weights_url
-from .registry import (
-    FeatureSplit,
-    ModelSpec,
-    apply_freeze,
-    build_model,
-    count_params,
-    get_spec,
-    model_names,
-    register_model,
-    set_bn_mode,
-    unregister_model,
-)
+from .registry import FeatureSplit, ModelSpec, get_spec, model_names, register_model, unregister_model
 
 __all__ = [
     "FeatureSplit",
     "ModelSpec",
     "apply_freeze",
     "build_model",
+    "build_on_meta",
     "count_params",
     "fetch_weights",
     "fetch_weights_file",

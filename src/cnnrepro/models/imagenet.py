@@ -12,8 +12,7 @@ from .registry import FeatureSplit, register_model
 
 
 def _tvm():
-    # Imported on first use: torchvision.models costs ~2 s, which every CIFAR/KMNIST job would pay.
-    import torchvision.models as tvm
+    import torchvision.models as tvm  # deferred: torchvision takes ~2 s to import, which CIFAR/KMNIST jobs never need
 
     return tvm
 

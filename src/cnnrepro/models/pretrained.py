@@ -12,16 +12,15 @@ from pathlib import Path
 
 import torch
 
-from ..io import sha256_file
-from .registry import get_spec
+from ..runtime.io import sha256_file
+from .registry import get_spec, model_names
 
 # torchvision's weight file names: <name>-<hash prefix>.pth (e.g. resnet18-f37072fd.pth).
 HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,})\.pth$")
 
 
 def _tvm():
-    # Imported on first use: torchvision.models costs ~2 s, which every CIFAR/KMNIST job would pay.
-    import torchvision.models as tvm
+    import torchvision.models as tvm  # deferred: torchvision takes ~2 s to import, which CIFAR/KMNIST jobs never need
 
     return tvm
 
@@ -105,8 +104,6 @@ def check_hash(path: Path) -> None:
 
 def fetch_weights_file(file_name: str, weights_dir: str | os.PathLike) -> Path:
     """Fetch the weights whose torchvision file name is ``file_name`` (what the fetch_weights rule is asked for)."""
-    from .registry import model_names
-
     for name in model_names():
         if get_spec(name).pretrained_weights and weights_file(name, weights_dir).name == file_name:
             return fetch_weights(name, weights_dir)

@@ -221,13 +221,3 @@ def test_smoke_jobs_ran_as_forks_of_the_job_server_with_the_numbers_of_jobs_of_t
     histories = [pd.read_csv(base / "runs" / run.id / "history.csv").drop(columns=["epoch_seconds"])
                  for base in (results, alone / config["results"])]
     pd.testing.assert_frame_equal(*histories)
-
-
-def test_bad_config_stops_before_any_job(tmp_path):
-    workdir = copy_workflow(tmp_path)
-    (workdir / "bad.yaml").write_text("studies:\n  seed000_resnet_mnist:\n    models: [resnet19]\n")
-    result = snakemake(workdir, "-n", "--cores", "1", "--configfile", "bad.yaml", timeout=300)
-    assert result.returncode != 0
-    output = result.stdout + result.stderr
-    assert "studies.seed000_resnet_mnist.models[0]" in output and "resnet19" in output
-    assert not (workdir / "results").exists()

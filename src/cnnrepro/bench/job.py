@@ -42,7 +42,7 @@ def benchmark_job(key: Mapping[str, str], settings: dict, weights: str | Path, d
     ident = {**key, "weights_of_run": settings["run_id"]}
     record = None
     if kind != "gpu" or not no_gpu_on_this_machine():
-        from cnnrepro.bench import trained  # deferred: torch, imported only when something is measured
+        from cnnrepro.bench import trained  # deferred: torch, loaded only when something is measured
 
         record = trained.measure_job(settings, weights, data, kind, bench_settings)
     if record is None:

@@ -46,6 +46,8 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.benchmark import Timer
+from torch.utils.flop_counter import FlopCounterMode
 
 from cnnrepro.bench.record import NO_CUDA, not_measured_record
 from cnnrepro.runtime import device as devices
@@ -135,8 +137,6 @@ def _cudnn_benchmark(enabled: bool) -> Iterator[None]:
 
 def _forward_timer(model: nn.Module, x: torch.Tensor, threads: int, sync: Callable[[], None], label: str):
     """A Timer of one forward pass whose clock synchronises the device before every reading."""
-    from torch.utils.benchmark import Timer
-
     return Timer(stmt="model(x)", globals={"model": model, "x": x}, num_threads=threads,
                  timer=_synced_clock(sync), label=label)
 
@@ -227,8 +227,6 @@ def flops_record(model: nn.Module, input_shape: Sequence[int]) -> dict:
     counter ignores ``groups`` in the weight-gradient FLOPs of grouped convolutions, but its forward
     counts are right. One multiply-accumulate counts as 2 FLOPs, so ``macs_forward = flops / 2``.
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
     shape = [int(s) for s in input_shape]
     example = torch.zeros([1, *shape], device=_model_device(model))
     counter = FlopCounterMode(display=False)

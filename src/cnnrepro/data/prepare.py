@@ -78,10 +78,10 @@ def class_distribution(data_or_compact: Mapping[str, Any], classes: Sequence[str
 
 def plot_class_distribution(df, path: str | os.PathLike, title: str | None = None) -> Path:
     """Grouped bar chart of ``class_distribution`` output, one bar colour per split; written atomically."""
-    import matplotlib  # matplotlib: only the prepare job draws
+    import matplotlib  # deferred: matplotlib, which only the prepare job's bar chart needs
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: matplotlib, after its backend is set
 
     path = Path(path)
     splits = list(dict.fromkeys(df["split"]))
@@ -137,7 +137,7 @@ def prepare(
     }
 
     if source == "torchvision":
-        import torchvision  # torchvision: ~2 s, only for this source
+        import torchvision  # deferred: torchvision takes ~2 s to import, which only this source needs
 
         data = load_torchvision(name, root)
         meta.update(

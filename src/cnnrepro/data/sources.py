@@ -23,7 +23,7 @@ SOURCES = ("torchvision", "npz", "synthetic")
 
 
 def _torchvision_class(info: DatasetInfo):
-    import torchvision.datasets
+    import torchvision.datasets  # deferred: torchvision takes ~2 s to import, which only this source needs
 
     return getattr(torchvision.datasets, info.torchvision_class)
 
@@ -90,7 +90,7 @@ def _diagnose_corrupt(info: DatasetInfo, root: Path, split: str) -> list[str]:
     """Best effort: which of the split's files fails to parse or fails its torchvision md5."""
     bad: list[str] = []
     if info.torchvision_class in ("MNIST", "KMNIST"):
-        from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
+        from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor  # deferred: torchvision (~2 s)
 
         for rel in _split_files(info, split):
             path = root / rel
@@ -102,7 +102,7 @@ def _diagnose_corrupt(info: DatasetInfo, root: Path, split: str) -> list[str]:
                 size = path.stat().st_size if path.exists() else 0
                 bad.append(f"{path} ({size} bytes; {type(exc).__name__}: {exc or 'unreadable'})")
     else:
-        from torchvision.datasets.utils import check_integrity
+        from torchvision.datasets.utils import check_integrity  # deferred: torchvision (~2 s)
 
         cls = _torchvision_class(info)
         expected = dict(cls.train_list + cls.test_list)

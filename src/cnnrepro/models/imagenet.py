@@ -12,7 +12,7 @@ from .registry import FeatureSplit, register_model
 
 
 def _tvm():
-    import torchvision.models as tvm  # deferred: torchvision takes ~2 s to import, which CIFAR/KMNIST jobs never need
+    import torchvision.models as tvm  # deferred: torchvision takes ~2 s to import; CIFAR/KMNIST jobs never need it
 
     return tvm
 

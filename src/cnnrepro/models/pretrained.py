@@ -20,7 +20,7 @@ HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,})\.pth$")
 
 
 def _tvm():
-    import torchvision.models as tvm  # deferred: torchvision takes ~2 s to import, which CIFAR/KMNIST jobs never need
+    import torchvision.models as tvm  # deferred: torchvision takes ~2 s to import; CIFAR/KMNIST jobs never need it
 
     return tvm
 

@@ -74,7 +74,8 @@ def read_published(path: PathLike) -> dict:
     return data
 
 
-def _check_published(config: dict, study: str, runs: list[cfg.Run], run_settings: Mapping[str, dict]) -> list[str]:
+def _check_published(config: dict, study: str, runs: list[cfg.Run],
+                     run_settings: Mapping[str, dict]) -> list[str]:
     """The published curves' runs in the order configured; every name checked against the file and the runs."""
     spec = config["studies"][study]["figures"]["published_curves"]
     where = f"studies.{study}.figures.published_curves"
@@ -132,7 +133,8 @@ def study_plan(config: dict, study: str, run_settings: Mapping[str, dict]) -> li
             chosen = [r for r in runs if r.dataset == dataset]
             figures.append(Figure(study, f"curves-{dataset}", "curves", ids(chosen), dataset))
     if options["published_curves"] is not None:
-        figures.append(Figure(study, "published", "published", tuple(_check_published(config, study, runs, run_settings))))
+        published = _check_published(config, study, runs, run_settings)
+        figures.append(Figure(study, "published", "published", tuple(published)))
     for dataset in datasets:
         chosen = ids(r for r in runs if r.dataset == dataset)
         figures.append(Figure(study, f"f1-{dataset}", "f1", chosen, dataset))

@@ -529,7 +529,7 @@ def _draw_layer(fig, ax, name: str, weights: np.ndarray, first: bool) -> None:
 
 
 def draw_kernels(runs: Sequence[RunData], weights: Sequence[PathLike], title: str) -> Any:
-    import torch  # deferred: torch, which only this figure (reading weights) needs
+    import torch  # deferred: torch, which only the kernels figure (reading weights) needs
 
     plt = _pyplot()
     labels = series_labels(runs)

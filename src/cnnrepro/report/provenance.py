@@ -18,6 +18,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+import torch
+
+from cnnrepro.runtime.device import cpu_name
+
 PathLike = str | Path
 
 
@@ -53,10 +57,6 @@ def _version(package: str) -> str:
 
 def environment(folder: PathLike, config: Mapping[str, Any]) -> dict[str, Any]:
     """The report job's environment: code, configuration, versions, devices and threads."""
-    import torch
-
-    from cnnrepro.runtime.device import cpu_name
-
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() \
         else []
     cudnn = torch.backends.cudnn.version() if torch.cuda.is_available() else None

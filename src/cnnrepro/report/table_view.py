@@ -148,90 +148,68 @@ def _header_rows(tuples: list[tuple], dims: list[str], labels: Mapping[str, str]
     return rows
 
 
+@dataclass
+class _Grid:
+    """Where each number of an aggregated table goes in the printed layout: its row and column coordinates."""
+
+    table: dict
+    records: list[dict]
+    metric_cols: list[str]
+    key_cols: list[str]
+    shown: list[str]
+    row_dims: list[str]
+    col_dims: list[str]
+
+    @property
+    def layout(self) -> dict:
+        return self.table.get("layout") or {}
+
+    @property
+    def labels(self) -> Mapping[str, str]:
+        return self.layout.get("labels") or {}
+
+    @property
+    def units(self) -> Mapping[str, str]:
+        return self.layout.get("units") or {}
+
+    def metric_label(self, metric: str) -> str:
+        unit = self.units.get(metric)
+        return _label(self.labels, metric) + (f" ({unit})" if unit else "")
+
+    def coordinate(self, i: int, metric: str, dims: list[str]) -> tuple:
+        return tuple(metric if d == METRIC_DIM else self.records[i][d] for d in dims)
+
+    @property
+    def places(self) -> list[tuple[int, str]]:
+        """(record, metric) of every printed number, in CSV order."""
+        return [(i, m) for i in range(len(self.records)) for m in self.shown]
+
+    def row_tuples(self) -> list[tuple]:
+        return _ordered(self.coordinate(i, m, self.row_dims) for i, m in self.places)
+
+    def col_tuples(self) -> list[tuple]:
+        return _ordered(self.coordinate(i, m, self.col_dims) for i, m in self.places)
+
+
 def table_view(frame: pd.DataFrame, table: dict, name: str, rules: Mapping[str, dict]) -> dict:
-    """An aggregated table (cnnrepro.aggregate.paper_table's CSV) arranged as the paper printed it: header rows,
-    body rows of row headers and number cells (paper, ours, Δ, verdict), the notes under it and its verdict
+    """An aggregated table (cnnrepro.tables.aggregate.paper_table's CSV) arranged as the paper printed it: header
+    rows, body rows of row headers and number cells (paper, ours, Δ, verdict), the notes under it and its verdict
     counts. Every label a reader needs is beside the number: note marks, deviation signs, reasons."""
-    layout = table.get("layout") or {}
-    labels, units = layout.get("labels") or {}, layout.get("units") or {}
-    plus_minus = layout.get("plus_minus") or {}
     records = frame.to_dict("records")
     metric_cols, key_cols = _columns_of(frame, table)
-    shown = shown_metrics(table, metric_cols)
-    row_dims, col_dims = layout_dims(table, key_cols, records)
+    grid = _Grid(table, records, metric_cols, key_cols, shown_metrics(table, metric_cols),
+                 *layout_dims(table, key_cols, records))
     notes = place_notes(table, name, key_cols, metric_cols, records, require_rows=False)
-
-    def metric_label(metric: str) -> str:
-        unit = units.get(metric)
-        return _label(labels, metric) + (f" ({unit})" if unit else "")
-
-    def coordinate(record: dict, metric: str, dims: list[str]) -> tuple:
-        return tuple(metric if d == METRIC_DIM else record[d] for d in dims)
-
-    places = [(i, m) for i in range(len(records)) for m in shown]
-    row_tuples = _ordered(coordinate(records[i], m, row_dims) for i, m in places)
-    col_tuples = _ordered(coordinate(records[i], m, col_dims) for i, m in places)
-    at = {(coordinate(records[i], m, row_dims), coordinate(records[i], m, col_dims)): (i, m) for i, m in places}
-
-    signs: dict[str, str] = {}
-    cells: dict[tuple[int, str], NumberCell] = {}
+    cells, signs = _number_cells(grid, rules, notes)
+    row_heads, col_heads = _row_note_marks(grid, notes, cells)
+    header = _header(grid, col_heads)
     counts = {v: 0 for v in vd.VERDICTS}
-    for i, m in places:
-        record = records[i]
-        cell = _number_cell(table, rules, record, m, plus_minus.get(m) if plus_minus.get(m) in metric_cols else None,
-                            _decimals(table, m, records), units)
-        cell.paper_marks += [str(n) for n in notes.cells[i].get(m, [])]
-        cell.ours_marks += [str(n) for n in notes.cells[i].get(m, [])]
-        deviations = str(record.get("deviations_ours") or "")
-        if deviations and not cell.unavailable:
-            cell.ours_marks.append(signs.setdefault(deviations, _deviation_mark(len(signs))))
-        cells[(i, m)] = cell
+    for cell in cells.values():
         counts[cell.verdict] += 1
-
-    # A row note goes on the header that names the CSV row when its numbers fill one printed row or column.
-    row_heads: dict[tuple, list[str]] = {}
-    col_heads: dict[tuple, list[str]] = {}
-    for i, numbers in enumerate(notes.rows):
-        if not numbers:
-            continue
-        marks = [str(n) for n in numbers]
-        rows_of = {coordinate(records[i], m, row_dims) for m in shown}
-        cols_of = {coordinate(records[i], m, col_dims) for m in shown}
-        if len(rows_of) == 1 and row_dims:
-            row_heads.setdefault(next(iter(rows_of)), []).extend(marks)
-        elif len(cols_of) == 1 and col_dims:
-            col_heads.setdefault(next(iter(cols_of)), []).extend(marks)
-        else:
-            for m in shown:
-                cells[(i, m)].paper_marks += marks
-
-    header = _header_rows(col_tuples, col_dims, labels, units, metric_label)
-    if header:
-        for column, marks in col_heads.items():
-            header[-1][col_tuples.index(column)].marks += marks
-        # The corner names the row dimensions; over the metric names it names the columns when the paper did
-        # (seed 004's "Epochs | 50 | 150 | 300").
-        named = " / ".join(labels[d] for d in col_dims if d in labels)
-        corner = [HeadCell(named if d == METRIC_DIM else _label(labels, d), rowspan=len(header), css="corner")
-                  for d in row_dims]
-        header[0] = [*corner, *header[0]]
-    body = []
-    previous: tuple = ()
-    for r, row in enumerate(row_tuples):
-        heads = []
-        for level, dim in enumerate(row_dims):
-            value = row[level]
-            repeated = previous[:level + 1] == row[:level + 1] if previous else False
-            text = metric_label(value) if dim == METRIC_DIM else _label(labels, value)
-            heads.append(HeadCell("" if repeated else text, css="cont" if repeated else ""))
-        if heads:
-            heads[-1].marks += row_heads.get(row, [])
-        previous = row
-        body.append([*heads, *(cells.get(at[(row, column)]) if (row, column) in at else None
-                               for column in col_tuples)])
-
+    labels = grid.labels
     constants = [(c, str(records[0][c])) for c in key_cols
-                 if c not in (*row_dims, *col_dims) and len({str(r[c]) for r in records}) == 1] if records else []
+                 if c not in (*grid.row_dims, *grid.col_dims) and len({str(r[c]) for r in records}) == 1] \
+        if records else []
     return {
         "name": name,
         "anchor": re.sub(r"[^A-Za-z0-9_-]+", "-", name),
@@ -239,9 +217,9 @@ def table_view(frame: pd.DataFrame, table: dict, name: str, rules: Mapping[str, 
         "caption": table.get("caption") or "",
         "constants": ", ".join(f"{_label(labels, c)}: {_label(labels, v)}" for c, v in constants),
         "header": header,
-        "body": body,
-        "row_dims": len(row_dims),
-        "columns": len(col_tuples),
+        "body": _body(grid, cells, row_heads),
+        "row_dims": len(grid.row_dims),
+        "columns": len(grid.col_tuples()),
         "marks": [str(n) for n in notes.table],
         "notes": [{"mark": str(n), "text": text} for n, text in enumerate(notes.texts, 1)],
         "legend": [{"mark": sign, "text": f"computed with: {deviations}"} for deviations, sign in signs.items()],
@@ -250,10 +228,86 @@ def table_view(frame: pd.DataFrame, table: dict, name: str, rules: Mapping[str, 
                                            if c.verdict == vd.NOT_COMPARABLE and not c.unavailable
                                            and c.paper != MISSING)),
         "counts": counts,
-        "seeds": max((int(float(r.get(f"{m}_ours_n") or 0)) for r in records for m in shown), default=0),
-        "cells": [(i, m, cells[(i, m)]) for i, m in places],
-        "where": {(i, m): _where(row_dims, col_dims, records[i], m, labels, metric_label) for i, m in places},
+        "seeds": max((int(float(r.get(f"{m}_ours_n") or 0)) for r in records for m in grid.shown), default=0),
+        "cells": [(i, m, cells[(i, m)]) for i, m in grid.places],
+        "where": {(i, m): _where(grid.row_dims, grid.col_dims, records[i], m, labels, grid.metric_label)
+                  for i, m in grid.places},
     }
+
+
+def _number_cells(grid: _Grid, rules: Mapping[str, dict], notes) -> tuple[dict, dict[str, str]]:
+    """Every printed number's cell with its note marks and deviation sign; and the signs, by deviation set."""
+    plus_minus = grid.layout.get("plus_minus") or {}
+    signs: dict[str, str] = {}
+    cells: dict[tuple[int, str], NumberCell] = {}
+    for i, m in grid.places:
+        record = grid.records[i]
+        spread = plus_minus.get(m) if plus_minus.get(m) in grid.metric_cols else None
+        cell = _number_cell(grid.table, rules, record, m, spread, _decimals(grid.table, m, grid.records), grid.units)
+        cell.paper_marks += [str(n) for n in notes.cells[i].get(m, [])]
+        cell.ours_marks += [str(n) for n in notes.cells[i].get(m, [])]
+        deviations = str(record.get("deviations_ours") or "")
+        if deviations and not cell.unavailable:
+            cell.ours_marks.append(signs.setdefault(deviations, _deviation_mark(len(signs))))
+        cells[(i, m)] = cell
+    return cells, signs
+
+
+def _row_note_marks(grid: _Grid, notes, cells: dict) -> tuple[dict[tuple, list[str]], dict[tuple, list[str]]]:
+    """A row note goes on the header that names the CSV row when its numbers fill one printed row or column
+    (returned: marks by row and by column), else on each of its cells."""
+    row_heads: dict[tuple, list[str]] = {}
+    col_heads: dict[tuple, list[str]] = {}
+    for i, numbers in enumerate(notes.rows):
+        if not numbers:
+            continue
+        marks = [str(n) for n in numbers]
+        rows_of = {grid.coordinate(i, m, grid.row_dims) for m in grid.shown}
+        cols_of = {grid.coordinate(i, m, grid.col_dims) for m in grid.shown}
+        if len(rows_of) == 1 and grid.row_dims:
+            row_heads.setdefault(next(iter(rows_of)), []).extend(marks)
+        elif len(cols_of) == 1 and grid.col_dims:
+            col_heads.setdefault(next(iter(cols_of)), []).extend(marks)
+        else:
+            for m in grid.shown:
+                cells[(i, m)].paper_marks += marks
+    return row_heads, col_heads
+
+
+def _header(grid: _Grid, col_heads: dict[tuple, list[str]]) -> list[list[HeadCell]]:
+    col_tuples = grid.col_tuples()
+    header = _header_rows(col_tuples, grid.col_dims, grid.labels, grid.units, grid.metric_label)
+    if header:
+        for column, marks in col_heads.items():
+            header[-1][col_tuples.index(column)].marks += marks
+        # The corner names the row dimensions; over the metric names it names the columns when the paper did
+        # (seed 004's "Epochs | 50 | 150 | 300").
+        named = " / ".join(grid.labels[d] for d in grid.col_dims if d in grid.labels)
+        corner = [HeadCell(named if d == METRIC_DIM else _label(grid.labels, d), rowspan=len(header), css="corner")
+                  for d in grid.row_dims]
+        header[0] = [*corner, *header[0]]
+    return header
+
+
+def _body(grid: _Grid, cells: dict, row_heads: dict[tuple, list[str]]) -> list[list]:
+    """Each printed row: its row headers (a repeated one left blank), then its number cells (None: no number)."""
+    at = {(grid.coordinate(i, m, grid.row_dims), grid.coordinate(i, m, grid.col_dims)): (i, m)
+          for i, m in grid.places}
+    col_tuples = grid.col_tuples()
+    body = []
+    previous: tuple = ()
+    for row in grid.row_tuples():
+        heads = []
+        for level, dim in enumerate(grid.row_dims):
+            repeated = previous[:level + 1] == row[:level + 1] if previous else False
+            text = grid.metric_label(row[level]) if dim == METRIC_DIM else _label(grid.labels, row[level])
+            heads.append(HeadCell("" if repeated else text, css="cont" if repeated else ""))
+        if heads:
+            heads[-1].marks += row_heads.get(row, [])
+        previous = row
+        body.append([*heads, *(cells.get(at[(row, column)]) if (row, column) in at else None
+                               for column in col_tuples)])
+    return body
 
 
 def _where(row_dims, col_dims, record, metric, labels, metric_label) -> str:

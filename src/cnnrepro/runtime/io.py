@@ -109,7 +109,7 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def torch_save(obj: Any, path: str | os.PathLike) -> None:
-    import torch
+    import torch  # deferred: torch, which the workflow's torch-free jobs (the GPU benchmark without a GPU) never load
 
     # Through a handle, torch names the archive's inner folder "archive" rather than after the temp
     # file, so saving the same object twice gives identical bytes (and an identical sha256).

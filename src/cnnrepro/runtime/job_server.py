@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import ctypes
 import importlib
 import importlib.util
 import logging
@@ -145,7 +146,7 @@ def serve(path: str, watch_pid: int | None, preload=PRELOAD, idle_exit: float = 
     signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
     signal.signal(signal.SIGINT, lambda *_: stop.append(True))
     if "matplotlib.pyplot" in preload:
-        import matplotlib
+        import matplotlib  # deferred: matplotlib, loaded by the server only, its backend set before pyplot
 
         matplotlib.use("Agg")
     for module in preload:
@@ -307,8 +308,6 @@ def _open_standard_streams() -> None:
 def _die_with_parent(parent: int) -> None:
     """Have the kernel kill this process when its supervisor dies (Linux), and check it has not already."""
     try:
-        import ctypes
-
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass

@@ -112,7 +112,7 @@ def path_a(x: np.ndarray, y: np.ndarray, workers: int, seed: int, device: torch.
 def make_split(x: np.ndarray, y: np.ndarray, device: torch.device) -> Split:
     """The engine's Split: uint8 NCHW on the device plus the compiled batch transform."""
     spec = {"rgb": False, "input_size": None, "augment": "crop_flip", "mean": list(MEAN), "std": list(STD)}
-    xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()  # NCHW, as datasets.read_compact stores it
+    xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()  # NCHW, as the compact file stores it
     return Split(xt, torch.from_numpy(y), augment.build_batch_transform(spec, device), device)
 
 

@@ -97,11 +97,13 @@ def test_a_batch_too_large_for_memory_names_the_batch_size_and_the_setting(tmp_p
     script = textwrap.dedent("""
         import json, resource, sys
         from pathlib import Path
-        from cnnrepro import config as cfg, datasets
+        from cnnrepro import config as cfg
+        from cnnrepro.data.compact import write_compact
+        from cnnrepro.data.sources import make_synthetic
         from cnnrepro.engine import train
         tmp = Path(sys.argv[1])
         data = tmp / "cifar10.pt"
-        datasets.write_compact(datasets.make_synthetic("cifar10", 512, 64), data, {"dataset": "cifar10"})
+        write_compact(make_synthetic("cifar10", 512, 64), data, {"dataset": "cifar10"})
         study = {"datasets": ["cifar10"], "models": ["resnet18_cifar"],
                  "recipe": {"optimizer": "sgd", "lr": 0.1, "batch_size": 512, "epochs": 1}}
         (settings,) = cfg.settings_by_run(cfg.validate({"studies": {"oom": study}, "device": "cpu"})).values()

@@ -125,9 +125,10 @@ def test_no_function_is_longer_than_80_lines():
 
 
 @pytest.mark.parametrize("module", ["cnnrepro.bench.job", "cnnrepro.runtime.job_server", "cnnrepro.runtime.io",
+                                    "cnnrepro.tables.gather", "cnnrepro.report.pdf",
                                     "cnnrepro.runtime.logs", "cnnrepro.engine.chaining", "cnnrepro.engine.evaluation"])
 def test_what_jobs_import_before_they_need_torch_does_not_import_it(module):
-    """The job server's delegate, the GPU benchmark job without a GPU, the chain plan: torch-free."""
+    """The job server's delegate, the GPU benchmark job without a GPU, the gather and PDF jobs, the chain plan."""
     import subprocess
     import sys
 

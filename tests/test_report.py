@@ -9,7 +9,7 @@ import pytest
 from cnnrepro import config as cfg
 from cnnrepro.report import latex, pages, table_view
 from cnnrepro.runtime import io
-from cnnrepro.tables import aggregate, layout
+from cnnrepro.tables import aggregate, gather, layout
 from cnnrepro.tables import summary as run_summary
 from cnnrepro.tables import verdicts as vd
 from tests.test_aggregate import REPO, fake_record, write_inputs
@@ -40,7 +40,7 @@ def aggregated(config, root, records=None, partial_drop=()):
                                   root / "tables" / study / "runs.csv", root / "tables" / study / "models.csv",
                                   {k: v for k, v in logs.items() if k in ids}, partial=bool(partial_drop))
         parts.append(root / "tables" / study / "runs.csv")
-    aggregate.gather(parts, root / "tables" / "runs.csv")
+    gather.gather(parts, root / "tables" / "runs.csv")
     return tables, root / "tables" / "runs.csv", logs
 
 

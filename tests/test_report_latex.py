@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cnnrepro import config as cfg
-from cnnrepro.report import latex
+from cnnrepro.report import pdf as report_pdf
 
 
 def needs_pdflatex():
@@ -18,7 +18,7 @@ def needs_pdflatex():
 
 
 def figure(folder: Path) -> Path:
-    """A real figure, PNG and PDF, as figures.smk writes them."""
+    """A real figure, PNG and PDF, as the figure rule writes them."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -36,7 +36,7 @@ def figure(folder: Path) -> Path:
 
 def check_pdf(tex: Path, pdf: Path) -> str:
     """Compile ``tex``; the PDF exists, has pages, and no line of the document is wider than the page."""
-    latex_log = latex.compile_pdf(tex, pdf)
+    latex_log = report_pdf.compile_pdf(tex, pdf)
     assert pdf.is_file() and pdf.read_bytes().startswith(b"%PDF")
     pages = int(re.search(r"Output written on .*?\((\d+) pages?", latex_log.replace("\n", "")).group(1))
     assert pages >= 2
@@ -66,7 +66,7 @@ def test_compiling_without_pdflatex_says_what_to_install(monkeypatch, tmp_path):
     monkeypatch.setattr(shutil, "which", lambda name: None)
     (tmp_path / "r.tex").write_text("\\documentclass{article}\\begin{document}x\\end{document}")
     with pytest.raises(RuntimeError, match="pdflatex is not installed .*texlive-latex-recommended"):
-        latex.compile_pdf(tmp_path / "r.tex", tmp_path / "r.pdf")
+        report_pdf.compile_pdf(tmp_path / "r.tex", tmp_path / "r.pdf")
     assert not (tmp_path / "r.pdf").exists()
 
 
@@ -75,5 +75,5 @@ def test_a_latex_error_names_the_file_and_the_log_lines(tmp_path):
     needs_pdflatex()
     (tmp_path / "r.tex").write_text("\\documentclass{article}\\begin{document}\\undefinedmacro\\end{document}")
     with pytest.raises(RuntimeError, match=r"pdflatex failed on .*r.tex(.|\n)*Undefined control sequence"):
-        latex.compile_pdf(tmp_path / "r.tex", tmp_path / "r.pdf")
+        report_pdf.compile_pdf(tmp_path / "r.tex", tmp_path / "r.pdf")
     assert not (tmp_path / "r.pdf").exists()

@@ -79,19 +79,21 @@ def test_preparing_seed000s_10000_paper_examples_at_224_px_stays_under_1_gib(tmp
     script = textwrap.dedent("""
         import json, sys
         from pathlib import Path
-        from cnnrepro import bench, datasets
+        from cnnrepro.bench.trained import PaperExamples
+        from cnnrepro.data.compact import write_compact
+        from cnnrepro.data.sources import make_synthetic
 
         def status(field):
             line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(field))
             return int(line.split()[1]) * 1024
 
         data = sys.argv[1]
-        datasets.write_compact(datasets.make_synthetic("mnist", 10, 10000), data, {"dataset": "mnist"})
+        write_compact(make_synthetic("mnist", 10, 10000), data, {"dataset": "mnist"})
         settings = {"input": {"size": 224, "rgb": True, "mean": [0.485, 0.456, 0.406],
                               "std": [0.229, 0.224, 0.225]}, "augment": "none", "speed": {"channels_last": False}}
         Path("/proc/self/clear_refs").write_text("5")
         before = status("VmRSS:")
-        examples = bench.PaperExamples(settings, data, 10000)
+        examples = PaperExamples(settings, data, 10000)
         seen = sum(1 for x in examples if x.shape == (1, 3, 224, 224))
         print(json.dumps({"seen": seen, "growth": status("VmHWM:") - before}))
     """)

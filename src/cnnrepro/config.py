@@ -101,15 +101,15 @@ def _field_path(parts: Iterable[Any]) -> str:
     return text or "<top level>"
 
 
-def load_schema(schema_path: str | Path = SCHEMA_PATH) -> dict:
+def load_schema() -> dict:
     """A copy of :func:`config_schema` the caller may change."""
-    return copy.deepcopy(config_schema(schema_path))
+    return copy.deepcopy(config_schema())
 
 
-def config_schema(schema_path: str | Path = SCHEMA_PATH) -> dict:
+def config_schema() -> dict:
     """The config schema, with the model, dataset and augmentation names taken from their registrations (read at
     each call, so a model registered at run time is a valid name). Shared: never change it."""
-    return _named_schema(str(schema_path), tuple(models.model_names()), tuple(DATASETS), tuple(AUGMENTATIONS))
+    return _named_schema(str(SCHEMA_PATH), tuple(models.model_names()), tuple(DATASETS), tuple(AUGMENTATIONS))
 
 
 @functools.lru_cache(maxsize=16)
@@ -173,7 +173,7 @@ def _check_against(instance: Any, schema: dict, where: str = "") -> None:
         parts.append(unknown[0])
         message = f"unknown key '{unknown[0]}' (misspelt?)"
         hint = (f"; valid keys in '{_field_path(parts[:-1])}': {', '.join(known)}" if known else
-                " (see workflow/schemas/config.schema.yaml)")
+                f" (see {SCHEMA_PATH.relative_to(REPO_ROOT)})")
     elif error.validator == "required":
         missing = next((key for key in error.validator_value if key not in error.instance), None)
         if missing is not None:
@@ -190,11 +190,11 @@ def _check_against(instance: Any, schema: dict, where: str = "") -> None:
     raise ConfigError(f"config error at '{_field_path(parts)}': {message}{hint}")
 
 
-def validate(config: dict, schema_path: str | Path = SCHEMA_PATH) -> dict:
+def validate(config: dict) -> dict:
     """Check ``config`` against the schema in one pass that fills its defaults in place, then check what
     the schema cannot (names defined elsewhere in the config, files). Recipes are checked per run
     (:func:`run_settings`), after grid values are applied."""
-    _check_against(config, config_schema(schema_path))
+    _check_against(config, config_schema())
     apply_min_seeds(config)
     check_semantics(config)
     return config
@@ -553,14 +553,13 @@ def _forward_error(model: torch.nn.Module, num_classes: int, in_channels: int, i
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # shapes only: a warning about values says nothing here
-            device = next(model.parameters(), torch.empty(0, device="meta")).device
-            out = model.eval()(torch.empty(2, in_channels, image_size, image_size, device=device))
+            out = model.eval()(models.blank_batch(model, 2, in_channels, image_size))
+        if tuple(out.shape) != (2, num_classes):
+            return f"its output has shape {list(out.shape)}, expected [2, {num_classes}]"
     except NotImplementedError:
         return None
     except Exception as error:  # noqa: BLE001 - whatever fails here fails the training job too
         return None if "meta" in str(error) else f"{type(error).__name__}: {error}"
-    if tuple(out.shape) != (2, num_classes):
-        return f"its output has shape {list(out.shape)}, expected [2, {num_classes}]"
     return None
 
 

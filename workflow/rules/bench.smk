@@ -1,14 +1,11 @@
 # Benchmarks: size, FLOPs and latency of each trained model, on the GPU and on the CPU (cnnrepro.bench).
 # One rule body, two rule names: clusters send the two to different partitions by rule name
 # (profiles/slurm set-resources), and the CPU one holds the machine while it measures.
+from cnnrepro.plan import memory, resources  # noqa: E402
 
 
 def bench_settings(wildcards):
     return SETTINGS[bench_run(wildcards).id]
-
-
-def bench_key(wildcards):
-    return cfg.BenchKey.of(wildcards)._asdict()
 
 
 def trained_weights(wildcards):
@@ -48,7 +45,6 @@ rule benchmark_gpu:
         mem_mb=bench_mem_mb,
         runtime=bench_runtime("gpu"),
     params:
-        key=bench_key,
         settings=bench_settings,
         bench=config["benchmark"],
         kind="gpu",
@@ -72,7 +68,6 @@ use rule benchmark_gpu as benchmark_cpu with:
         mem_mb=bench_mem_mb,
         runtime=bench_runtime("cpu"),
     params:
-        key=bench_key,
         settings=bench_settings,
         bench=config["benchmark"],
         kind="cpu",

@@ -52,6 +52,11 @@ def train_settings(wildcards):
     return SETTINGS[run_id(wildcards)]
 
 
+def data_settings(wildcards):
+    """A dataset's source and sizes (cnnrepro.config.data_settings), for the jobs that read it."""
+    return cfg.data_settings(config, wildcards.dataset)
+
+
 def bench_run(wildcards):
     return BENCH_TARGETS[cfg.BenchKey.of(wildcards)]
 

@@ -2,10 +2,6 @@
 from cnnrepro.plan import memory  # noqa: E402
 
 
-def data_settings(wildcards):
-    return cfg.data_settings(config, wildcards.dataset)
-
-
 def dataset_source_inputs(wildcards):
     settings = data_settings(wildcards)
     if settings["source"] == "torchvision":

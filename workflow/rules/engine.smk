@@ -3,7 +3,7 @@ import functools  # noqa: E402
 
 from cnnrepro import models  # noqa: E402
 from cnnrepro.engine import chaining  # noqa: E402
-from cnnrepro.plan import resources, runs  # noqa: E402
+from cnnrepro.plan import memory, resources, runs  # noqa: E402
 
 
 def pretrained_weights(wildcards):

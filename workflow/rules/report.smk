@@ -42,7 +42,7 @@ def the_figure(wildcards):
     try:
         return figure_plan.find(FIGURES, wildcards.study, wildcards.figure)
     except KeyError as error:
-        raise WorkflowError(str(error)) from None
+        raise WorkflowError(error.args[0]) from None
 
 
 def figure_inputs(wildcards):

@@ -11,5 +11,6 @@ sm = snakemake  # noqa: F821
 with job_log(sm.log[0]):
     if sm.params.kind == "gpu":
         gpu_slots.acquire(sm.params.settings["device"])  # one GPU per job, before torch initialises CUDA
-    benchmark_job(sm.params.key, sm.params.settings, sm.input.weights, sm.input.data, sm.params.kind,
+    # The rule's wildcards are the benchmark's key (cnnrepro.config.BENCH_PATTERN).
+    benchmark_job(dict(sm.wildcards.items()), sm.params.settings, sm.input.weights, sm.input.data, sm.params.kind,
                   sm.params.bench, sm.output[0])

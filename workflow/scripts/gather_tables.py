@@ -4,7 +4,7 @@ from cnnrepro.runtime.job_server import delegate
 delegate()  # with job_server: true, the run's warm process runs this job (cnnrepro.runtime.job_server)
 
 from cnnrepro.runtime.logs import job_log  # noqa: E402
-from cnnrepro.tables.aggregate import gather_tables  # noqa: E402
+from cnnrepro.tables.gather import gather_tables  # noqa: E402
 
 sm = snakemake  # noqa: F821
 with job_log(sm.log[0]):

@@ -46,7 +46,6 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.benchmark import Timer
 from torch.utils.flop_counter import FlopCounterMode
 
 from cnnrepro.bench.record import NO_CUDA, not_measured_record
@@ -137,6 +136,10 @@ def _cudnn_benchmark(enabled: bool) -> Iterator[None]:
 
 def _forward_timer(model: nn.Module, x: torch.Tensor, threads: int, sync: Callable[[], None], label: str):
     """A Timer of one forward pass whose clock synchronises the device before every reading."""
+    # deferred: torch.utils.benchmark asks torch about CUDA devices when imported, which the job server (it
+    # preloads this module) must never do before a job has its GPU.
+    from torch.utils.benchmark import Timer  # deferred: see above
+
     return Timer(stmt="model(x)", globals={"model": model, "x": x}, num_threads=threads,
                  timer=_synced_clock(sync), label=label)
 

@@ -41,7 +41,7 @@ def _unavailable_message(info: DatasetInfo, root: str | os.PathLike, missing: Se
         lines.append(f"  {root / rel}{mark}")
     lines += [
         "How to get them:",
-        f"  - on a machine with internet: python -c \"from cnnrepro.datasets import download; "
+        f"  - on a machine with internet: python -c \"from cnnrepro.data.sources import download; "
         f"download({info.name!r}, {str(root)!r})\" (torchvision download, md5-checked for CIFAR archives);",
         f"  - or copy the folder {info.folder}/ from another machine that has it into {root}/.",
         "For offline work set the data source instead (config: data.source or data.datasets."
@@ -132,7 +132,7 @@ def load_torchvision(name: str, root: str | os.PathLike) -> dict[str, tuple[torc
             bad = _diagnose_corrupt(info, root, split) or [str(root / f) for f in files]
             raise DatasetCorrupt(
                 f"{info.name} {split}: torchvision rejected the files ({exc}). Corrupt: {'; '.join(bad)}. "
-                f"Delete them and download again (see cnnrepro.datasets.download), or copy intact files."
+                f"Delete them and download again (see cnnrepro.data.sources.download), or copy intact files."
             ) from exc
         except Exception as exc:  # ValueError/AssertionError/EOFError/UnpicklingError from a damaged file
             bad = _diagnose_corrupt(info, root, split) or [str(root / f) for f in files]

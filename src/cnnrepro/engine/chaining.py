@@ -6,7 +6,7 @@ So seed 004's 50 / 150 / 300-epoch runs of one (freeze level, batch size) form a
 starts from the 50-epoch run's final state (weights, optimizer, schedule, RNG, history) and the 300-epoch run
 from the 150's: 300 epochs of work instead of 500, with results equal bit for bit to training each from
 scratch (tests/test_chaining.py). The earlier run leaves that state in its ``final_state.pt`` output, which
-the later run's job takes as an input (workflow/rules/common.smk). ``chain_epoch_grids: false`` turns it off.
+the later run's job takes as an input (workflow/rules/engine.smk). ``chain_epoch_grids: false`` turns it off.
 
 Pure Python (no torch), so the workflow can plan chains at start-up cheaply.
 """

@@ -84,6 +84,13 @@ def build_on_meta(name: str, num_classes: int, in_channels: int | None = None, i
             return build(None)
 
 
+def blank_batch(model: nn.Module, n: int, channels: int, size: int) -> torch.Tensor:
+    """``n`` images of ``size`` px, uninitialised, on the device the model's parameters are on (the meta device
+    for a :func:`build_on_meta` model): what a shape-only forward pass takes."""
+    device = next(model.parameters(), torch.empty(0, device="meta")).device
+    return torch.empty(n, channels, size, size, device=device)
+
+
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
     """Sum of numel over parameters (never buffers); only requires_grad ones if ``trainable_only``."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

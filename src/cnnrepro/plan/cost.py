@@ -91,7 +91,6 @@ def model_cost(model: str, num_classes: int, in_channels: int, input_size: int |
     """Count one image's forward pass through ``model`` built on the meta device (milliseconds, no memory).
     Cached per build: the workflow asks at every start."""
     net = models.build_on_meta(model, num_classes, in_channels, input_size, json.loads(options)).eval()
-    device = next(net.parameters(), torch.empty(0, device="meta")).device
     flops, ops = FlopCounterMode(display=False), _OpCounter()
     kinds = _counted_modules(net)
     first: dict[str, tuple] = {}  # layer -> (FLOPs, ops, bytes before its first call, its input's bytes)
@@ -106,7 +105,7 @@ def model_cost(model: str, num_classes: int, in_channels: int, input_size: int |
     try:
         with warnings.catch_warnings(), torch.no_grad(), flops, ops:
             warnings.simplefilter("ignore")
-            net(torch.empty(1, in_channels, image_size, image_size, device=device))
+            net(models.blank_batch(net, 1, in_channels, image_size))
     finally:
         for hook in hooks:
             hook.remove()

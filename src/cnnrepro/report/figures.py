@@ -12,6 +12,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import matplotlib
 import numpy as np
 import pandas as pd
+import torch
 
 from cnnrepro import models
 from cnnrepro.config import BenchKey
@@ -529,8 +530,6 @@ def _draw_layer(fig, ax, name: str, weights: np.ndarray, first: bool) -> None:
 
 
 def draw_kernels(runs: Sequence[RunData], weights: Sequence[PathLike], title: str) -> Any:
-    import torch  # deferred: torch, which only the kernels figure (reading weights) needs
-
     plt = _pyplot()
     labels = series_labels(runs)
     layers = []

@@ -4,7 +4,7 @@ standalone LaTeX document per study and for all studies together, and the PDF co
 
 A table's layout (rows, columns, labels, units, decimals, ``±`` pairs), number and caption are configuration
 (``studies.<name>.tables[i]``; defaults in the schema), so a study added by configuration renders like the
-built-in ones. The numbers, statistics and verdicts come from the aggregated CSVs (cnnrepro.aggregate), the
+built-in ones. The numbers, statistics and verdicts come from the aggregated CSVs (cnnrepro.tables.aggregate), the
 runs' provenance from runs.csv, the environment from cnnrepro.report.provenance.
 
 The report rules hand over every file they read (workflow/rules/report.smk); nothing here derives a path.
@@ -27,7 +27,8 @@ from cnnrepro.report import provenance as prov
 from cnnrepro.report.table_view import MISSING, VERDICT_SYMBOLS, NumberCell, as_number, read_text_csv, table_view
 from cnnrepro.runtime import io
 from cnnrepro.tables import verdicts as vd
-from cnnrepro.tables.aggregate import aggregate_study, gather
+from cnnrepro.tables.aggregate import aggregate_study
+from cnnrepro.tables.gather import gather
 from cnnrepro.tables.layout import study_tables, table_name
 from cnnrepro.tables.summary import PathLike, load_summaries
 
@@ -52,8 +53,7 @@ def _runs_view(runs: pd.DataFrame, study: str, folder: Path) -> list[dict]:
         top1 = as_number(record.get("test_top1_pct"))
         rows.append({
             "id": record.get("run_id") or "",
-            "short": "/".join(str(record.get(k, "")) for k in ("dataset", "model", "freeze", "variant"))
-                     + f"/seed{record.get('seed', '')}",
+            "short": str(record.get("run_id") or "").split("/", 1)[-1],  # the run id without its study
             "status": record.get("status") or "not run",
             "device": record.get("device_name") or MISSING,
             "precision": record.get("precision") or MISSING,

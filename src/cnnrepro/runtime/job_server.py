@@ -70,6 +70,8 @@ MUST_MATCH_PREFIXES = ("PYTHON", "TORCH", "PYTORCH", "OMP_", "KMP_", "GOMP_", "M
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                     "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 IDLE_EXIT_SECONDS = 600
+# Modules a job's launcher never needs before delegate(): finding one loaded means the job paid for it twice.
+PRELOADED_BY_MISTAKE = ("torch", "cnnrepro.config")
 ACCEPTED, DECLINED = b"A", b"D"
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _server_process = None  # the server start() launched in this process
@@ -104,7 +106,10 @@ def delegate() -> None:
         return  # no server (not started, or gone): run here
     spec = importlib.util.find_spec("cnnrepro")
     request = {"script": os.path.abspath(script), "argv": list(sys.argv), "cwd": os.getcwd(),
-               "env": dict(os.environ), "package": spec.origin if spec else None, "interpreter": _interpreter()}
+               "env": dict(os.environ), "package": spec.origin if spec else None, "interpreter": _interpreter(),
+               # What this process paid for before handing the job over, e.g. a rule param that unpickles into a
+               # cnnrepro object makes Snakemake's preamble import the package: the job server's log says so.
+               "preloaded": [name for name in PRELOADED_BY_MISTAKE if name in sys.modules]}
     with connection:
         try:
             _send(connection, request, [0, 1, 2])  # the job's standard streams, as Snakemake set them up
@@ -232,7 +237,9 @@ def _supervise(connection: socket.socket) -> None:
             _terminate(job)
             raise
         outcome = "ended: its snakemake job was killed" if status is None else f"exit status {status}"
-        print(f"{name} (pid {job}): {outcome} after {time.monotonic() - started:.1f} s", flush=True)
+        paid = request.get("preloaded")
+        paid = f" (its launcher had imported {', '.join(paid)} before handing it over)" if paid else ""
+        print(f"{name} (pid {job}): {outcome} after {time.monotonic() - started:.1f} s{paid}", flush=True)
         if status is not None:
             connection.sendall(_STATUS.pack(status))
         code = 0

@@ -23,6 +23,7 @@ import pandas as pd
 from cnnrepro import config as cfg
 from cnnrepro.runtime import io
 from cnnrepro.tables import verdicts as vd
+from cnnrepro.tables.gather import gather, write_csv
 from cnnrepro.tables.layout import (
     EXTRA_COLUMNS,
     METRIC_DIM,
@@ -183,13 +184,13 @@ def model_comparison(summaries: list[dict]) -> pd.DataFrame:
     """Size, FLOPs, latency and accuracy of every model of every study (means over variants and seeds)."""
     frame = flat_runs(summaries)
     if frame.empty:
-        return pd.DataFrame(columns=["study", "dataset", "model", "freeze", *MODEL_COLUMNS, "runs", "device_name",
+        return pd.DataFrame(columns=[*cfg.BenchKey._fields, *MODEL_COLUMNS, "runs", "device_name",
                                      "deviations"])
     for column in MODEL_COLUMNS:
         if column not in frame:
             frame[column] = None
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
-    keys = ["study", "dataset", "model", "freeze"]
+    keys = list(cfg.BenchKey._fields)  # one row per benchmarked model: a benchmark's key
     grouped = frame.groupby(keys, sort=False)
     out = grouped[MODEL_COLUMNS].mean().reset_index()
     out["runs"] = grouped.size().values
@@ -217,12 +218,6 @@ def check_table_files(config: dict, files: Mapping[str, PathLike], what: str, st
                          "expected one per configured table")
 
 
-def _write_csv(frame: pd.DataFrame, path: PathLike) -> Path:
-    with io.atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False)
-    return Path(path)
-
-
 def aggregate_study(config: dict, study: str, metrics: Iterable[PathLike], bench: Iterable[PathLike],
                     paper_tables: Mapping[str, PathLike], tables_out: Mapping[str, PathLike], runs_out: PathLike,
                     models_out: PathLike, logs: Mapping[str, PathLike] | None = None,
@@ -241,28 +236,12 @@ def aggregate_study(config: dict, study: str, metrics: Iterable[PathLike], bench
     for table in config["studies"][study]["tables"]:
         name = table_name(config, table)
         frame = paper_table(table, study, summaries, paper_tables[name], rules)
-        written[name] = _write_csv(frame, tables_out[name])
+        written[name] = write_csv(frame, tables_out[name])
         log.info("wrote %s (%d rows, %d with our numbers)", written[name], len(frame),
                  int((frame["runs_ours"] > 0).sum()))
-    written["runs.csv"] = _write_csv(flat_runs(summaries), runs_out)
-    written["models.csv"] = _write_csv(model_comparison(summaries), models_out)
+    written["runs.csv"] = write_csv(flat_runs(summaries), runs_out)
+    written["models.csv"] = write_csv(model_comparison(summaries), models_out)
     return written
-
-
-def gather(parts: Iterable[PathLike], out: PathLike) -> Path:
-    """Concatenate per-study CSVs (runs.csv or models.csv) into one, columns in order of first appearance."""
-    frames = [pd.read_csv(path, dtype=str, keep_default_na=False) for path in parts]
-    frames = [frame for frame in frames if len(frame.columns)]
-    frame = pd.concat(frames, ignore_index=True, sort=False).fillna("") if frames else pd.DataFrame()
-    return _write_csv(frame, out)
-
-
-def gather_tables(runs: Iterable[PathLike], models: Iterable[PathLike], runs_out: PathLike,
-                  models_out: PathLike) -> None:
-    """Every study's runs.csv and models.csv gathered into one of each."""
-    gather(runs, runs_out)
-    gather(models, models_out)
-    log.info("wrote %s and %s", runs_out, models_out)
 
 
 def aggregate(config: dict, metrics: Iterable[PathLike], bench: Iterable[PathLike],

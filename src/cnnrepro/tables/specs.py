@@ -1,7 +1,7 @@
 """A study's paper tables checked against their CSVs before any job runs (and again before aggregation reads its
 inputs, in case a CSV was edited since): every column, run field, metric, note and layout entry a table names
-exists, and every printed number reads as one. Each problem is a ConfigError naming the config field and the file,
-line or column."""
+exists, and every printed number reads as one. Each problem is a ValueError starting with the config field and
+naming the file, line or column; :func:`check_config`, the start-up check, gives it as a ConfigError."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def _read_paper_csv(path: Path, field: str) -> pd.DataFrame:
 
 
 def _selector_fields(config: dict, study: str) -> tuple[list[str], dict[str, list[str]]]:
-    """(fields, {prefix: keys}): the run fields a paper row can select by (see :func:`run_field`)."""
+    """(fields, {prefix: keys}): the run fields a paper row can select by (cnnrepro.tables.select.run_value)."""
     schema = cfg.config_schema()  # not changed here: no copy needed
     spec = config["studies"][study]
     study_schema = schema["properties"]["studies"]["additionalProperties"]["properties"]

@@ -11,6 +11,7 @@ when its job left a log and ``not run`` otherwise.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable, Mapping
@@ -21,7 +22,8 @@ from cnnrepro.runtime import io
 PathLike = str | Path
 
 
-RUN_FIELDS = ("study", "dataset", "model", "freeze", "variant", "seed")
+# What identifies a run (cnnrepro.config.Run), first in every summary.
+RUN_FIELDS = tuple(field.name for field in dataclasses.fields(cfg.Run))
 BENCH_KINDS = ("cpu", "gpu")
 # A run's status: its record says ok or diverged; without a record its job failed (it left a log) or never ran.
 STATUSES = ("ok", "diverged", "failed", "not run")

@@ -7,11 +7,20 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+# The modules that take longest, first: the suite runs on two workers (pytest-xdist, one module per worker at a
+# time; pyproject.toml), so each starts on one of them and the short modules fill the gaps. The SLURM run waits
+# on its cluster's status checks most of the time; the local smoke run, which it and test_e2e read, runs meanwhile.
+LONGEST_FIRST = ("test_slurm.py", "test_e2e.py", "test_faults_workflow.py", "test_report_partial.py",
+                 "test_faults_inputs.py", "test_chaining.py")
+
+
 def pytest_collection_modifyitems(items):
     # Every end-to-end test runs the real snakemake: it belongs to the slow tier too.
     for item in items:
         if item.get_closest_marker("e2e"):
             item.add_marker(pytest.mark.slow)
+    rank = {name: k for k, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
 
 
 @pytest.fixture(scope="session")
@@ -73,10 +82,30 @@ def torch_globals_restored():
 @pytest.fixture(scope="session")
 def smoke(tmp_path_factory):
     """`snakemake --cores 2` on the smoke preset and the sixth study, in a copy of the workflow:
-    (workdir, validated config, results directory)."""
-    from tests.test_e2e import local_smoke_run
+    (workdir, validated config, results directory). Once per session, whichever worker asks first: the others
+    wait for it and read the same run (a run that failed fails them with its own message)."""
+    import json
 
-    return local_smoke_run(tmp_path_factory.mktemp("smoke"))
+    from filelock import FileLock
+
+    from tests.test_e2e import local_smoke_run, smoke_config
+
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return local_smoke_run(tmp_path_factory.mktemp("smoke"))
+    shared = tmp_path_factory.getbasetemp().parent  # the session's folder, above every worker's own
+    record = shared / "smoke.json"
+    with FileLock(str(shared / "smoke.lock")):
+        if not record.is_file():
+            try:
+                workdir, _, _ = local_smoke_run(shared / "smoke")
+                record.write_text(json.dumps({"workdir": str(workdir)}))
+            except BaseException as error:
+                record.write_text(json.dumps({"error": f"{type(error).__name__}: {error}"}))
+                raise
+    outcome = json.loads(record.read_text())
+    if "error" in outcome:
+        pytest.fail(f"the shared smoke run failed in another worker: {outcome['error']}")
+    return smoke_config(Path(outcome["workdir"]))
 
 
 @pytest.fixture(scope="module")

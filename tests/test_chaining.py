@@ -204,7 +204,7 @@ def test_the_workflow_chains_the_epoch_grid_to_the_from_scratch_results(tmp_path
     from tests.test_e2e import copy_workflow, snakemake
 
     (tmp_path / "wf").mkdir()
-    workdir = copy_workflow(tmp_path / "wf")
+    workdir = copy_workflow(tmp_path / "wf", keep_studies=())  # chain.yaml's study alone
     (workdir / "chain.yaml").write_text(CHAIN_STUDY)
     run = "chain_grid/mnist/cnn/none/epochs-{}/seed0"
     outputs = {}

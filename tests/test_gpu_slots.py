@@ -110,6 +110,6 @@ def test_the_workflow_scripts_take_a_slot_before_training_or_timing_on_the_gpu()
 
     for script in ("train.py", "benchmark.py"):
         text = (REPO / "workflow" / "scripts" / script).read_text()
-        work = "train_run(sm" if script == "train.py" else "benchmark_job(sm"
+        work = "train_run(sm" if script == "train.py" else "benchmark_job("
         assert text.index("gpu_slots.acquire(") < text.index(work)
     assert Path(gpu_slots.default_slot_dir()).name.startswith("cnnrepro-gpu-slots")

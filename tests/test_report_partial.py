@@ -45,20 +45,21 @@ studies:
 def test_failed_and_diverged_runs_appear_as_such_and_the_report_still_renders(tmp_path):
     workdir = tmp_path / "wf"
     workdir.mkdir()
-    copy_workflow(workdir)
+    # One built-in study beside the overlay's two, to show that their target rules leave it alone.
+    copy_workflow(workdir, keep_studies=("seed001_resnet_mobilenet_cifar10",))
     (workdir / "made_up.csv").write_text("model,lr,acc\nCNN,0.001,90.0\nCNN,1e30,90.0\n")
     weights = tmp_path / "weights"
     weights.mkdir()
     pretrained.weights_file("resnet18", weights).write_bytes(b"not a checkpoint")  # its hash cannot match
     (workdir / "partial.yaml").write_text(OVERLAY.format(weights=weights, table="./made_up.csv"))
-    # The two studies' own target rules: nothing of the five built-in studies runs.
+    # The two studies' own target rules: the built-in study does not run.
     result = snakemake(workdir, "--cores", "2", "--keep-going", "--configfile", "partial.yaml", "--",
                        "partial_demo", "partial_failed")
     output = result.stdout + result.stderr
     assert result.returncode != 0, output[-3000:]
     assert "Partial results: the report of what ran is in" in output, output[-3000:]
     results = workdir / "results" / "partial"
-    assert not (results / "runs" / "seed000_resnet_mnist").exists()
+    assert not (results / "runs" / "seed001_resnet_mobilenet_cifar10").exists()
 
     table = pd.read_csv(results / "tables" / "made_up.csv", dtype=str, keep_default_na=False).set_index("lr")
     assert table.loc["0.001", "status_ours"] == "ok" and table.loc["0.001", "acc_ours"] != ""

@@ -6,7 +6,7 @@ import pytest
 from cnnrepro import config as cfg
 from cnnrepro import startup
 from cnnrepro.runtime import io
-from cnnrepro.tables import aggregate, layout, specs
+from cnnrepro.tables import aggregate, layout, paper, specs
 from cnnrepro.tables import summary as run_summary
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,7 +83,7 @@ def test_paper_table_keeps_printed_digits_and_means_over_seeds(tmp_path):
                                         "dataset": {"CIFAR-10": {"dataset": "cifar10"}}},
              "metrics": {"acc_pct": "test_top1_pct", "loss": "train_loss_last", "missing_col": "x"}}
     summaries = [run_summary.summarize(fake_record("s", "cifar10", "a", seed=s, top1=t)) for s, t in ((0, .5), (1, .7))]
-    frame = aggregate.paper_table(table, "s", summaries, tmp_path / "t.csv")
+    frame = paper.paper_table(table, "s", summaries, tmp_path / "t.csv")
     per_metric = ["paper", "ours", "ours_std", "ours_n", "ours_ci95_low", "ours_ci95_high", "verdict", "reason"]
     assert list(frame.columns) == ["model", "dataset", *(f"acc_pct_{c}" for c in per_metric),
                                    *(f"loss_{c}" for c in per_metric),
@@ -111,7 +111,7 @@ def test_match_by_run_field_and_templates(tmp_path):
     runs = [run_summary.summarize(fake_record("s", "cifar10", "m", recipe={"batch_size": bs, "epochs": 1},
                                             grid={"recipe.batch_size": bs, "recipe.epochs": 300}))
             for bs in (250, 500)]
-    frame = aggregate.paper_table(table, "s", runs, tmp_path / "t.csv")
+    frame = paper.paper_table(table, "s", runs, tmp_path / "t.csv")
     assert frame["f1_ours"].tolist() == [pytest.approx(0.3), pytest.approx(0.45)]
     assert frame["runs_ours"].tolist() == [1, 1]
 
@@ -225,7 +225,7 @@ def test_notes_of_each_kind_land_on_their_rows_and_cells(tmp_path):
                         {"row": {"model": "B"}, "text": "on row B"},
                         {"metric": ["size"], "row": {"model": "A", "dataset": "CIFAR-100"}, "text": "on one cell"},
                         {"metric": "size", "row": {"dataset": "CIFAR-10"}, "text": "on the acc column"})
-    frame = aggregate.paper_table(table, "s", [], tmp_path / "t.csv")
+    frame = paper.paper_table(table, "s", [], tmp_path / "t.csv")
     assert list(frame.columns)[-5:] == ["runs_ours", "status_ours", "device_ours", "deviations_ours", "notes"]
     assert frame["notes"].tolist() == [
         "[1] on the table; [2] on the acc column",  # the repeated text keeps its number
@@ -253,7 +253,7 @@ def test_notes_of_each_kind_land_on_their_rows_and_cells(tmp_path):
 def test_a_note_naming_a_column_the_table_does_not_have_is_an_error(tmp_path, note, words):
     (tmp_path / "t.csv").write_text(NOTES_CSV)
     with pytest.raises(ValueError, match=words):
-        aggregate.paper_table(notes_table(note), "s", [], tmp_path / "t.csv")
+        paper.paper_table(notes_table(note), "s", [], tmp_path / "t.csv")
 
 
 def test_a_bad_note_in_the_config_fails_the_config_check_and_aggregation(raw_config, tmp_path):
@@ -281,7 +281,7 @@ def test_device_and_deviations_of_the_matching_runs(tmp_path):
                fake_record("s", "cifar10", "b")]  # an old record: no device name, no speed block
     summaries = [run_summary.summarize(r) for r in records]
     assert summaries[0]["deviations"] == ["bf16 autocast", "channels_last"] and summaries[3]["deviations"] == []
-    frame = aggregate.paper_table(notes_table(metrics={"acc": "test_top1_pct"}), "s", summaries,
+    frame = paper.paper_table(notes_table(metrics={"acc": "test_top1_pct"}), "s", summaries,
                                   tmp_path / "t.csv")
     assert list(frame.columns) == ["model", "dataset", "size", *(f"acc{suffix}" for suffix in layout.METRIC_SUFFIXES),
                                    "runs_ours", "status_ours", "device_ours", "deviations_ours", "notes"]
@@ -300,10 +300,10 @@ def test_the_device_column_names_the_benchmark_devices_of_the_latencies_shown(tm
     (tmp_path / "t.csv").write_text("model,acc,cpu_ms\nA,90.0,5.0\n")
     summary = run_summary.summarize(fake_record("s", "cifar10", "a", extra=speed(device="NVIDIA A100")), bench_cpu())
     table = {"file": "t.csv", "match": {"model": {"A": {"model": "a"}}}, "metrics": {"acc": "test_top1_pct"}}
-    assert aggregate.paper_table(table, "s", [summary], tmp_path / "t.csv")["device_ours"].tolist() == [
+    assert paper.paper_table(table, "s", [summary], tmp_path / "t.csv")["device_ours"].tolist() == [
         "NVIDIA A100"]
     table["metrics"]["cpu_ms"] = "cpu_time_ms_mean"
-    assert aggregate.paper_table(table, "s", [summary], tmp_path / "t.csv")["device_ours"].tolist() == [
+    assert paper.paper_table(table, "s", [summary], tmp_path / "t.csv")["device_ours"].tolist() == [
         "NVIDIA A100; cpu model"]
 
 

@@ -133,6 +133,7 @@ def test_grid_values_are_checked_like_the_recipe(raw_config):
     with pytest.raises(cfg.ConfigError, match=r"'studies.seed004_squeezenet_transfer_cifar10.recipe.batch_size'.*"
                                               r"variant batch_size-0_epochs-50, whose grid sets recipe.batch_size=0"):
         cfg.settings_by_run(cfg.validate(copy.deepcopy(raw_config)))
+    raw_config["studies"]["seed004_squeezenet_transfer_cifar10"]["assumptions"] = []  # one names the normalisation
     raw_config["studies"]["seed004_squeezenet_transfer_cifar10"]["grid"] = {"input.normalization": ["cifar10", "zca"]}
     with pytest.raises(cfg.ConfigError, match=r"'studies.seed004_squeezenet_transfer_cifar10.input.normalization'.*"
                                               r"'zca'.*variant normalization-zca"):

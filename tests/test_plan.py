@@ -36,7 +36,15 @@ def test_forward_flops_match_the_published_counts():
     for model, gmacs in (("resnet18", 1.81), ("resnet50", 4.09), ("squeezenet1_1", 0.35)):
         cost = model_costs.model_cost(model, 1000, 3, 224, 224, "{}")
         assert cost.flops / 2e9 == pytest.approx(gmacs, rel=0.03), model
-    assert model_costs.model_cost("resnet18", 1000, 3, 224, 224, "{}") is model_costs.model_cost("resnet18", 1000, 3, 224, 224, "{}")
+    assert model_costs.model_cost("resnet18", 1000, 3, 224, 224, "{}") is model_costs.model_cost(
+        "resnet18", 1000, 3, 224, 224, "{}")
+
+
+def test_only_the_models_own_ops_are_counted_not_the_making_of_its_input():
+    cost = model_costs.model_cost("cnn", 10, 1, None, 28, "{}")  # a convolution first
+    first = cost.layers[0]
+    assert (first.flops_before, first.ops_before, first.bytes_before) == (0, 0, 0)
+    assert first.input_bytes == 28 * 28 * 4  # one float image reaches the first layer
 
 
 def test_the_gpu_efficiency_is_the_one_seed_000s_t4_times_imply():

@@ -9,7 +9,7 @@ import pytest
 from cnnrepro import config as cfg
 from cnnrepro.report import latex, pages, table_view
 from cnnrepro.runtime import io
-from cnnrepro.tables import aggregate, gather, layout
+from cnnrepro.tables import aggregate, gather, layout, paper
 from cnnrepro.tables import summary as run_summary
 from cnnrepro.tables import verdicts as vd
 from tests.test_aggregate import REPO, fake_record, write_inputs
@@ -279,7 +279,7 @@ def test_each_distinct_set_of_deviations_gets_its_own_sign(tmp_path):
     summaries = [run_summary.summarize(fake_record("s", "cifar10", m, top1=0.01,
                                                  extra={"speed": {"deviations": d}}))
                  for m, d in (("a", ["bf16 autocast"]), ("b", ["channels_last"]))]
-    frame = aggregate.paper_table(table, "s", summaries, tmp_path / "t.csv")
+    frame = paper.paper_table(table, "s", summaries, tmp_path / "t.csv")
     frame.to_csv(tmp_path / "out.csv", index=False)
     view = pages.table_view(pd.read_csv(tmp_path / "out.csv", dtype=str, keep_default_na=False), table, "t.csv",
                              vd.default_rules())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import sys
 
@@ -76,6 +77,9 @@ def plan_tables(checked: startup.Checked, device: str, eval_every: int,
                      "TFLOP": round(p.flops / 1e12, 1), "time": _duration(p.seconds(rate)),
                      "seconds": round(p.seconds(rate)), "device_GiB": round(p.device_bytes / 2**30, 2),
                      "mem_mb": p.host_mem_mb})
+    sweep = sweep_cost(checked, rate)
+    header.append("sweep: what presets/assumptions.yaml adds (each assumption's alternatives, one at a time), "
+                  "as configured" + (" (included in the runs above)" if config["sweep_assumptions"] else ""))
     studies = []
     for name in dict.fromkeys(p.study for p in plans["config"]):
         row = {"study": name, "runs": sum(1 for p in plans["config"] if p.study == name)}
@@ -83,15 +87,33 @@ def plan_tables(checked: startup.Checked, device: str, eval_every: int,
             mine = [p for p in scenario_plans if p.study == name]
             row[f"PFLOP_{scenario}"] = round(sum(p.flops for p in mine) / 1e15, 2)
             row[f"time_{scenario}"] = _duration(sum(p.seconds(rate) for p in mine))
+        count, seconds = sweep.get(name, (0, 0.0))
+        row.update(sweep_runs=count, time_sweep=_duration(seconds) if count else "")
         studies.append(row)
     total = {"study": "total", "runs": len(plans["config"])}
     for scenario, scenario_plans in plans.items():
         total[f"PFLOP_{scenario}"] = round(sum(p.flops for p in scenario_plans) / 1e15, 2)
         total[f"time_{scenario}"] = _duration(sum(p.seconds(rate) for p in scenario_plans))
+    total.update(sweep_runs=sum(count for count, _ in sweep.values()),
+                 time_sweep=_duration(sum(seconds for _, seconds in sweep.values())) if sweep else "")
     over = [p.run_id for p in plans["config"] if rate.memory_gib and p.device_bytes > rate.memory_gib * 2**30]
     if over:
         header.append(f"over the device's {rate.memory_gib:g} GiB: {', '.join(over)}")
     return header, rows, [*studies, total]
+
+
+def sweep_cost(checked: startup.Checked, rate: rates.Rate) -> dict[str, tuple[int, float]]:
+    """study -> (runs, seconds) that the sweep of its assumptions adds, as the configuration trains them (chained
+    onto the study's own runs where only the epoch count differs)."""
+    config = copy.deepcopy(checked.config)
+    config["sweep_assumptions"] = True
+    swept = cfg.settings_by_run(config)
+    out: dict[str, tuple[int, float]] = {}
+    for p in runs.plan_runs(config, runs.configured_savings(config), swept):
+        if swept[p.run_id].get("assumption"):
+            count, seconds = out.get(p.study, (0, 0.0))
+            out[p.study] = (count + 1, seconds + p.seconds(rate))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ import copy
 import functools
 import itertools
 import json
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,9 @@ from cnnrepro.data.catalog import DATASETS
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 GRID_PREFIXES = ("recipe.", "input.")
-GRID_KEYS = ("augment", "pretrained", "eval_split")
+GRID_KEYS = ("augment", "pretrained", "eval_split", "val_fraction")
+# A sweep variant's id: its grid variant's, this separator, then the setting and the value it tries.
+SWEEP_SEPARATOR = "__"
 
 
 class ConfigError(ValueError):
@@ -250,15 +253,21 @@ def _grid_axes(schema: dict) -> dict[str, list[str]]:
             "input.": list(study["input"]["properties"])}
 
 
-def _check_grid(schema: dict, where: str, study: dict) -> None:
+def _axis_problem(schema: dict, key: str) -> str | None:
+    """Why ``key`` names no setting a grid (or an assumption) can vary, or None."""
     axes = _grid_axes(schema)
+    prefix = next((p for p in GRID_PREFIXES if key.startswith(p)), "")
+    if key[len(prefix):] in axes[prefix]:
+        return None
+    valid = "; ".join([", ".join(GRID_KEYS), *(f"{p}<key> with <key> one of {', '.join(axes[p])}"
+                                               for p in GRID_PREFIXES)])
+    return f"unknown grid axis '{key}' (misspelt?); a grid axis is one of: {valid}"
+
+
+def _check_grid(schema: dict, where: str, study: dict) -> None:
     for key in study["grid"]:
-        prefix = next((p for p in GRID_PREFIXES if key.startswith(p)), "")
-        if key[len(prefix):] not in axes[prefix]:
-            valid = "; ".join([", ".join(GRID_KEYS), *(f"{p}<key> with <key> one of {', '.join(axes[p])}"
-                                                       for p in GRID_PREFIXES)])
-            raise ConfigError(f"config error at '{where}.grid.{key}': unknown grid axis '{key}' (misspelt?); a grid "
-                              f"axis is one of: {valid}")
+        if problem := _axis_problem(schema, key):
+            raise ConfigError(f"config error at '{where}.grid.{key}': {problem}")
 
 
 # Run fields an exclude rule can name besides the study's grid axes.
@@ -267,24 +276,30 @@ EXCLUDE_FIELDS = ("dataset", "model", "freeze", "seed")
 
 def _check_exclude(config: dict, where: str, study: dict) -> None:
     """An exclude rule names run fields (a misspelt one would silently exclude nothing) and known names."""
-    fields = [*EXCLUDE_FIELDS, *study["grid"]]
-    known = {"dataset": tuple(DATASETS), "model": models.model_names(),
-             "freeze": tuple(config["freeze_levels"])}
     for i, rule in enumerate(study["exclude"]):
         if not rule:
             raise ConfigError(f"config error at '{where}.exclude[{i}]': an empty rule {{}} would exclude every run; "
-                              f"a rule names run fields: {', '.join(fields)}")
-        for key, value in rule.items():
-            if key not in fields:
-                raise ConfigError(f"config error at '{where}.exclude[{i}].{key}': unknown run field '{key}' "
-                                  f"(misspelt?); an exclude rule matches runs by: {', '.join(fields)}")
-            if key in known and value not in known[key]:
-                raise ConfigError(f"config error at '{where}.exclude[{i}].{key}': unknown {key} {value!r}; "
-                                  f"valid values: {', '.join(map(str, known[key]))}")
-            if key in study["grid"] and value not in study["grid"][key]:
-                raise ConfigError(f"config error at '{where}.exclude[{i}].{key}': {value!r} is none of the values "
-                                  f"'{where}.grid.{key}' takes, so the rule excludes nothing; valid values: "
-                                  f"{', '.join(map(str, study['grid'][key]))}")
+                              f"a rule names run fields: {', '.join([*EXCLUDE_FIELDS, *study['grid']])}")
+        _check_run_fields(config, f"{where}.exclude[{i}]", study, rule, "an exclude rule", "excludes nothing")
+
+
+def _check_run_fields(config: dict, field: str, study: dict, rule: dict, what: str, effect: str) -> None:
+    """A rule of run fields (an exclude rule, an assumption's ``where``) names fields runs have and values they
+    take: a misspelt one would silently match no run."""
+    fields = [*EXCLUDE_FIELDS, *study["grid"]]
+    known = {"dataset": tuple(DATASETS), "model": models.model_names(), "freeze": tuple(config["freeze_levels"])}
+    for key, value in rule.items():
+        if key not in fields:
+            raise ConfigError(f"config error at '{field}.{key}': unknown run field '{key}' (misspelt?); {what} "
+                              f"matches runs by: {', '.join(fields)}")
+        if key in known and value not in known[key]:
+            raise ConfigError(f"config error at '{field}.{key}': unknown {key} {value!r}; valid values: "
+                              f"{', '.join(map(str, known[key]))}")
+        if key in study["grid"] and value not in study["grid"][key]:
+            study_field = ".".join(field.split(".")[:2])
+            raise ConfigError(f"config error at '{field}.{key}': {value!r} is none of the values "
+                              f"'{study_field}.grid.{key}' takes, so the rule {effect}; valid values: "
+                              f"{', '.join(map(str, study['grid'][key]))}")
 
 
 def _check_normalizations(config: dict) -> None:
@@ -333,6 +348,44 @@ def _check_data(config: dict) -> None:
                               f"(set by '{origin}'), which never reads them; set '{where}.source: npz' or drop npz")
 
 
+def declared_value(study: dict, key: str, recipe_field: str = "recipe") -> Any:
+    """The value a study uses for a setting (a grid axis), its recipe's defaults filled in (``recipe_field``: where
+    an error in the recipe is reported)."""
+    if key.startswith("recipe."):
+        return check_recipe(study["recipe"], recipe_field).get(key.removeprefix("recipe."))
+    return get_path(study, key)
+
+
+def _check_assumptions(config: dict, name: str, study: dict, full: dict) -> None:
+    """Each assumption names a setting the study could vary, one the grid does not already vary, runs that exist,
+    and alternatives that differ from the study's value and are valid values of that setting."""
+    where = f"studies.{name}"
+    for i, assumption in enumerate(study["assumptions"]):
+        field, key = f"{where}.assumptions[{i}]", assumption["key"]
+        if problem := _axis_problem(full, key):
+            raise ConfigError(f"config error at '{field}.key': {problem}")
+        if key in study["grid"]:
+            raise ConfigError(f"config error at '{field}.key': '{key}' is an axis of '{where}.grid', which runs each "
+                              "of its values already; an assumption is a setting the study fixes")
+        _check_run_fields(config, f"{field}.where", study, assumption["where"], "an assumption's where",
+                          "concerns no run")
+        declared = declared_value(study, key, f"{where}.recipe")
+        for j, value in enumerate(assumption["alternatives"]):
+            here = f"{field}.alternatives[{j}]"
+            if str(value) == str(declared):
+                raise ConfigError(f"config error at '{here}': {value!r} is the value the study uses ({key} = "
+                                  f"{declared!r}); alternatives are the other values")
+            trial = copy.deepcopy({k: v for k, v in study.items() if k != "tables"})
+            apply_setting(trial, key, value)
+            try:
+                _check_against(trial, _fragment(full, full["properties"]["studies"]["additionalProperties"]), where)
+                _check_names(config, name, trial)
+                check_recipe(trial["recipe"], f"{where}.recipe", full)
+            except ConfigError as error:
+                raise ConfigError(f"config error at '{here}': {value!r} is not a valid value of {key}: "
+                                  f"{str(error).removeprefix('config error ')}") from None
+
+
 def check_semantics(config: dict) -> None:
     """What the schema cannot check: names defined elsewhere in the config, npz files. (Each stage checks what it
     will read on top of this before any job runs: cnnrepro.startup.)"""
@@ -343,6 +396,7 @@ def check_semantics(config: dict) -> None:
         _check_names(config, name, study)
         _check_grid(full, where, study)
         _check_exclude(config, where, study)
+        _check_assumptions(config, name, study, full)
     _check_data(config)
 
 
@@ -377,21 +431,82 @@ def variants(study: dict) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
+@dataclass(frozen=True)
+class Variant:
+    """One setting of a study's runs: a combination of its grid (``assumption`` None) or, in a sweep, that
+    combination with one assumption's setting changed to one of its alternatives."""
+
+    id: str
+    grid: dict[str, Any]  # the grid's values, as configured
+    assumption: dict[str, Any] | None = None  # {"index", "key", "value", "basis"} of a sweep variant
+
+
+def _slug(value: Any) -> str:
+    """A value as a run path shows it."""
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", str(value)).strip("_") or "none"
+
+
+def study_variants(config: dict, study: dict) -> list[Variant]:
+    """The study's grid variants, then (with ``sweep_assumptions``) for each assumption and each of its alternatives
+    every grid variant again with that one setting changed: one at a time, not the product."""
+    base = [Variant(name, combo) for name, combo in variants(study)]
+    if not config["sweep_assumptions"]:
+        return base
+    sweep = [Variant(sweep_variant_id(variant.id, assumption["key"], value), variant.grid,
+                     {"index": index, "key": assumption["key"], "value": value, "basis": assumption["basis"]})
+             for index, assumption in enumerate(study["assumptions"])
+             for value in assumption["alternatives"]
+             if _limited(config, assumption["key"], value) != _limited(config, assumption["key"],
+                                                                         declared_value(study, assumption["key"]))
+             for variant in base]
+    return base + sweep
+
+
+def sweep_variant_id(variant: str, key: str, value: Any) -> str:
+    """The variant of a sweep's run: the grid variant it changes, then the setting and the value it tries."""
+    return f"{variant}{SWEEP_SEPARATOR}{key}-{_slug(value)}"
+
+
+def _limited(config: dict, key: str, value: Any) -> Any:
+    """A setting's value as a run gets it under the configuration's ``limits`` (a preset's caps): where the caps
+    make an alternative the study's own value, its runs would repeat the study's and are not made."""
+    limits = config["limits"]
+    if key in ("recipe.epochs", "recipe.max_epochs") and limits["max_epochs"]:
+        return min(value, limits["max_epochs"])
+    if key == "input.size" and limits["input_size"] and value:
+        return limits["input_size"]
+    if key == "pretrained" and limits["pretrained"] is not None:
+        return value and limits["pretrained"]
+    return value
+
+
 def _excluded(study: dict, fields: dict[str, Any]) -> bool:
     return any(all(fields.get(k) == v for k, v in rule.items()) for rule in study["exclude"])
 
 
+def _concerns(study: dict, variant: Variant, fields: dict[str, Any]) -> bool:
+    """Whether a run with these fields belongs to ``variant``: every grid variant does; a sweep variant only where
+    its assumption's ``where`` selects the run (the other runs do not depend on the setting: not repeated)."""
+    if variant.assumption is None:
+        return True
+    where = study["assumptions"][variant.assumption["index"]]["where"]
+    return all(str(fields.get(key)) == str(value) for key, value in where.items())
+
+
 def expand_runs(config: dict, studies: Iterable[str] | None = None) -> list[Run]:
+    """Every run of the configuration, study by study: its grid's runs, then its sweep's (``sweep_assumptions``)."""
     runs = []
     for name, study in config["studies"].items():
         if studies is not None and name not in studies:
             continue
-        for dataset, model, freeze, (variant, combo), seed in itertools.product(
-            study["datasets"], study["models"], study["freeze"], variants(study), study["seeds"],
-        ):
-            fields = {"dataset": dataset, "model": model, "freeze": freeze, "seed": seed, **combo}
-            if not _excluded(study, fields):
-                runs.append(Run(name, dataset, model, freeze, variant, seed))
+        all_variants = study_variants(config, study)
+        for group in ([v for v in all_variants if v.assumption is None], [v for v in all_variants if v.assumption]):
+            for dataset, model, freeze, variant, seed in itertools.product(
+                study["datasets"], study["models"], study["freeze"], group, study["seeds"],
+            ):
+                fields = {"dataset": dataset, "model": model, "freeze": freeze, "seed": seed, **variant.grid}
+                if not _excluded(study, fields) and _concerns(study, variant, fields):
+                    runs.append(Run(name, dataset, model, freeze, variant.id, seed))
     return runs
 
 
@@ -454,25 +569,44 @@ def run_length_key(recipe: dict, schema: dict | None = None) -> str:
 
 def run_settings(config: dict, run: Run) -> dict:
     """Everything one training run needs, resolved from the study, its variant and the limits."""
-    grid_values = dict(variants(config["studies"][run.study]))[run.variant]
+    variant = {v.id: v for v in study_variants(config, config["studies"][run.study])}[run.variant]
     try:
-        return _run_settings(config, run, grid_values)
+        return _run_settings(config, run, variant)
     except ConfigError as error:
-        if not grid_values:
+        if not variant.grid and not variant.assumption:
             raise
         # The study's own values were checked at start-up; this variant's grid values are what is new.
-        grid = ", ".join(f"{key}={value!r}" for key, value in grid_values.items())
-        raise ConfigError(f"{error} (in variant {run.variant}, whose grid sets {grid})") from None
+        sets = [f"whose grid sets {', '.join(f'{k}={v!r}' for k, v in variant.grid.items())}"] if variant.grid else []
+        if variant.assumption:
+            sets.append(f"which tries {variant.assumption['key']}={variant.assumption['value']!r}, an assumption's "
+                        "alternative")
+        raise ConfigError(f"{error} (in variant {run.variant}, {' and '.join(sets)})") from None
 
 
-def _run_settings(config: dict, run: Run, grid_values: dict) -> dict:
+def apply_setting(study: dict, key: str, value: Any) -> None:
+    """Set one of a study's settings in place (a grid axis: ``recipe.lr``, ``augment``, ...). Switching the
+    optimizer or the schedule drops the recipe keys only the previous one used (seed 000's momentum when an
+    alternative is Adam); the schema fills the new one's defaults."""
+    _set_path(study, key, value)
+    selector = key.removeprefix("recipe.")
+    branches = recipe_branches().get(selector) if key.startswith("recipe.") else None
+    if branches and value in branches:
+        others = set().union(*branches.values()) - branches[value]
+        for unused in others & set(study["recipe"]):
+            del study["recipe"][unused]
+
+
+def _run_settings(config: dict, run: Run, variant: Variant) -> dict:
     schema = config_schema()
+    grid_values = variant.grid
     # The study's tables were checked at start-up and settle nothing about a run: not copied for each one.
     study = {key: copy.deepcopy(value) for key, value in config["studies"][run.study].items() if key != "tables"}
     for key, value in grid_values.items():
         _set_path(study, key, value)
+    if variant.assumption:
+        apply_setting(study, variant.assumption["key"], variant.assumption["value"])
     where = f"studies.{run.study}"
-    if grid_values:  # grid values have not been checked yet
+    if grid_values or variant.assumption:  # grid and sweep values have not been checked yet
         _check_against(study, _fragment(schema, schema["properties"]["studies"]["additionalProperties"]), where)
         _check_names(config, run.study, study)
     recipe = check_recipe(study["recipe"], f"{where}.recipe", schema)
@@ -517,6 +651,8 @@ def _run_settings(config: dict, run: Run, grid_values: dict) -> dict:
         "latency_data_parallel": study["latency_data_parallel"],
         "size_unit": study["size_unit"].get(run.dataset, "MiB"),
     }
+    if variant.assumption:  # only a sweep's runs say so: a declared run's settings are as without assumptions
+        settings["assumption"] = dict(variant.assumption)
     _check_model(config, run, study, settings, where)
     return settings
 

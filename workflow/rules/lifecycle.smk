@@ -66,6 +66,7 @@ def render_partial_report():
             },
             html=study_page(study, "index.html"),
             tex=study_page(study, "report.tex"),
+            **study_assumption_tables(study),
         )
         for study in STUDIES
     }

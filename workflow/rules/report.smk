@@ -51,6 +51,8 @@ def figure_inputs(wildcards):
     runs = [RUNS_BY_ID[run].wildcards for run in figure.runs]
     if figure.kind == "classes":
         return {"classes": expand(rules.prepare_dataset.output.classes, dataset=figure.dataset)}
+    if figure.kind == "assumptions":
+        return {"cells": [study_assumption_tables(figure.study)["assumption_cells"]]}
     files = {"metrics": [expand(rules.train.output.metrics, **w)[0] for w in runs]}
     if figure.kind in ("curves", "published"):
         files["histories"] = [expand(rules.train.output.history, **w)[0] for w in runs]
@@ -103,6 +105,16 @@ def study_page_inputs(wildcards):
         "tables": list(study_tables(wildcards.study).values()),
         "runs": study_run_table(wildcards.study, "runs.csv"),
         "figures": study_figure_files(wildcards.study),
+        "assumptions": list(study_comparisons([wildcards.study]).values()),
+    }
+
+
+def study_comparisons(studies):
+    """study -> its comparison of each assumption's values with the paper, for the studies a sweep compares."""
+    return {
+        study: tables["assumptions"]
+        for study in studies
+        if (tables := study_assumption_tables(study))
     }
 
 
@@ -145,6 +157,7 @@ rule report_study:
         studies=lambda wildcards: [wildcards.study],
         tables=lambda wildcards: study_tables(wildcards.study),
         figures=lambda wildcards: {wildcards.study: figure_captions(wildcards.study)},
+        assumptions=lambda wildcards: study_comparisons([wildcards.study]),
         repo=workflow.basedir,
     script:
         "../scripts/report.py"
@@ -155,6 +168,7 @@ rule report_html:
         tables=[path for study in STUDIES for path in study_tables(study).values()],
         runs=rules.aggregate.output.runs,
         figures=[path for study in STUDIES for path in study_figure_files(study)],
+        assumptions=list(study_comparisons(STUDIES).values()),
     output:
         html=report(
             f"{REPORT}/index.html",
@@ -175,6 +189,7 @@ rule report_html:
             for name, path in study_tables(study).items()
         },
         figures={study: figure_captions(study) for study in STUDIES},
+        assumptions=study_comparisons(STUDIES),
         repo=workflow.basedir,
     script:
         "../scripts/report.py"

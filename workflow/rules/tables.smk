@@ -1,6 +1,7 @@
 # Aggregation, one job per study (cnnrepro.tables): its paper tables beside our numbers (mean, std, n and 95 %
 # interval over the runs a row selects, and a verdict), its runs and models; then runs.csv and models.csv of every
 # study. A study's tables never wait for another study's runs.
+from cnnrepro.tables import assumptions  # noqa: E402
 from cnnrepro.tables.layout import table_name  # noqa: E402
 
 
@@ -38,6 +39,17 @@ def study_run_table(study, name):
     return f"{RESULTS}/tables/{study}/{name}"
 
 
+def study_assumption_tables(study):
+    """With a sweep of the study's assumptions: its comparison of each assumption's values with the paper (by
+    value, and the headline metric's numbers); else nothing, and the job's outputs are as without assumptions."""
+    if not assumptions.compared(config, study):
+        return {}
+    return {
+        "assumptions": study_run_table(study, "assumptions.csv"),
+        "assumption_cells": study_run_table(study, "assumptions_headline.csv"),
+    }
+
+
 def run_logs(study):
     """Run id -> its training log, linked from the report (and how a failed run is told from one not run)."""
     return {
@@ -68,6 +80,7 @@ for study_name in STUDIES:
             ],
             runs=study_run_table(study_name, "runs.csv"),
             models=study_run_table(study_name, "models.csv"),
+            **study_assumption_tables(study_name),
         log:
             f"{RESULTS}/logs/aggregate/{study_name}.log",
         conda:

@@ -9,4 +9,6 @@ from cnnrepro.tables.aggregate import aggregate_study  # noqa: E402
 sm = snakemake  # noqa: F821
 with job_log(sm.log[0]):
     aggregate_study(sm.config, sm.params.study, sm.input.metrics, sm.input.bench, sm.params.paper_tables,
-                    sm.params.tables, sm.output.runs, sm.output.models, sm.params.logs)
+                    sm.params.tables, sm.output.runs, sm.output.models, sm.params.logs,
+                    assumptions_out=sm.output.get("assumptions"),
+                    assumption_cells_out=sm.output.get("assumption_cells"))

@@ -9,4 +9,4 @@ from cnnrepro.runtime.logs import job_log  # noqa: E402
 sm = snakemake  # noqa: F821
 with job_log(sm.log[0]):
     render(sm.config, sm.params.studies, sm.params.tables, sm.input.runs, sm.params.figures, sm.output.html,
-           sm.output.tex, sm.params.repo)
+           sm.output.tex, sm.params.repo, sm.params.assumptions)

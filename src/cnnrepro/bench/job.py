@@ -37,8 +37,8 @@ def no_gpu_on_this_machine() -> bool:
 def benchmark_job(key: Mapping[str, str], settings: dict, weights: str | Path, data: str | Path, kind: str,
                   bench_settings: dict, out: str | Path) -> dict:
     """Benchmark one trained run's model on the GPU or the CPU and write the record to ``out``. ``key`` names the
-    benchmark (cnnrepro.config.BenchKey's fields: the rule's wildcards); ``settings`` are those of the run whose weights it
-    measures."""
+    benchmark (cnnrepro.config.BenchKey's fields: the rule's wildcards); ``settings`` are those of the run whose
+    weights it measures."""
     ident = {**key, "weights_of_run": settings["run_id"]}
     record = None
     if kind != "gpu" or not no_gpu_on_this_machine():

@@ -18,7 +18,7 @@ import json
 from cnnrepro.engine.schedules import SCHEDULES
 
 # Settings that name a run rather than describe its training: they differ between the runs of a chain.
-IDENTITY_KEYS = ("run_id", "variant", "grid")
+IDENTITY_KEYS = ("run_id", "variant", "grid", "assumption")
 
 
 def length_key(recipe: dict) -> str:

@@ -102,10 +102,11 @@ def model_cost(model: str, num_classes: int, in_channels: int, input_size: int |
 
     hooks = [module.register_forward_pre_hook(before(name)) for name, module in net.named_modules()
              if name in kinds]
+    x = models.blank_batch(net, 1, in_channels, image_size)  # before the counters: the input is no op of the model
     try:
         with warnings.catch_warnings(), torch.no_grad(), flops, ops:
             warnings.simplefilter("ignore")
-            net(models.blank_batch(net, 1, in_channels, image_size))
+            net(x)
     finally:
         for hook in hooks:
             hook.remove()

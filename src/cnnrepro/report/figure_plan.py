@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from cnnrepro import config as cfg
+from cnnrepro.tables import assumptions
 from cnnrepro.tables.select import selects
 
 PathLike = str | Path
 
-KINDS = ("curves", "published", "f1", "confusion", "kernels", "pareto", "classes")
+KINDS = ("curves", "published", "f1", "confusion", "kernels", "pareto", "classes", "assumptions")
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class Figure:
 
 KIND_TITLES = {"curves": "learning curves", "published": "published curves", "f1": "per-class F1",
                "confusion": "confusion matrices", "kernels": "conv kernels", "pareto": "accuracy vs cost",
-               "classes": "class distribution"}
+               "classes": "class distribution", "assumptions": "unstated settings"}
 
 
 def published_curves_path(config: dict, study: str) -> Path | None:
@@ -119,7 +120,8 @@ def study_plan(config: dict, study: str, run_settings: Mapping[str, dict]) -> li
     ``run_settings``: every run's settings by run id (cnnrepro.config.settings_by_run), what selectors match."""
     settings = config["studies"][study]
     options = settings["figures"]
-    runs = cfg.expand_runs(config, [study])
+    # The study's own runs: a sweep's runs of an assumption's alternative have a figure of their own.
+    runs = [run for run in cfg.expand_runs(config, [study]) if not run_settings[run.id].get("assumption")]
     ids = lambda chosen: tuple(run.id for run in chosen)  # noqa: E731
     datasets = [d for d in settings["datasets"] if any(run.dataset == d for run in runs)]
     freezes = [f for f in settings["freeze"] if any(run.freeze == f for run in runs)]
@@ -149,6 +151,8 @@ def study_plan(config: dict, study: str, run_settings: Mapping[str, dict]) -> li
         figures.append(Figure(study, "pareto", "pareto", ids(runs)))
     for dataset in datasets:
         figures.append(Figure(study, f"classes-{dataset}", "classes", (), dataset))
+    if assumptions.compared(config, study):
+        figures.append(Figure(study, "assumptions", "assumptions"))
     for kind in options["paper_figures"]:
         if kind not in KINDS:
             raise cfg.ConfigError(f"config error at 'studies.{study}.figures.paper_figures.{kind}': not a figure "
@@ -224,11 +228,15 @@ def caption(config: dict, figure: Figure) -> str:
                 "accurate. Latencies were measured on this workflow's machine.")
     elif kind == "classes":
         text = f"Images per class in each split of {figure.dataset} as prepared for training ({title})."
+    elif kind == "assumptions":
+        text = (f"The settings {title}'s paper never stated, one panel per setting: the study's headline metric "
+                "for each value tried (ours filled, the alternatives hollow), beside the paper's number (black "
+                "bar), per printed number. Each value changes only that setting; the paper tables use ours.")
     else:  # pragma: no cover - plan only makes the kinds above
         raise ValueError(f"unknown figure kind {kind!r}")
     paper = settings["figures"]["paper_figures"].get(kind)
     if paper:
         text += f" The paper's counterpart: {paper}."
-    if kind in ("curves", "published", "f1", "confusion", "kernels", "pareto"):
+    if kind in ("curves", "published", "f1", "confusion", "kernels", "pareto", "assumptions"):
         text += _limits_note(config)
     return text

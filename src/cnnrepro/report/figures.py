@@ -655,6 +655,46 @@ def draw_pareto(points: pd.DataFrame, title: str) -> Any:
     return fig
 
 
+def draw_assumptions(cells: pd.DataFrame, title: str) -> Any:
+    """One panel per unstated setting: the headline metric of each printed number for each value tried (the
+    study's own filled, each alternative hollow, in its colour), the paper's number as a black bar."""
+    plt = _pyplot()
+    groups = list(cells.groupby("assumption", sort=True)) if len(cells) else []
+    if not groups:
+        fig, ax = plt.subplots(figsize=(6, 3))
+        _note(ax, "no headline number to compare")
+        fig.suptitle(title)
+        return fig
+    width = max(6.5, 0.42 * max(group["cell"].nunique() for _, group in groups) + 2.5)
+    fig, axes = plt.subplots(len(groups), 1, figsize=(width, 2.9 * len(groups) + 0.6), squeeze=False,
+                             constrained_layout=True)
+    colours = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b")
+    for ax, (_, group) in zip(axes[:, 0], groups):
+        cell_names = list(dict.fromkeys(group["cell"]))
+        x = {name: k for k, name in enumerate(cell_names)}
+        paper = group.drop_duplicates("cell")
+        ax.scatter([x[c] for c in paper["cell"]], paper["paper"], marker="_", s=260, color="black", linewidths=2,
+                   label="paper", zorder=3)
+        values = list(dict.fromkeys(group["value"].astype(str)))
+        for k, value in enumerate(values):
+            mine = group[group["value"].astype(str) == value]
+            declared = mine["declared"].astype(str).str.lower().eq("true").any()
+            colour = colours[k % len(colours)]
+            offset = (k - (len(values) - 1) / 2) * 0.12
+            ax.scatter([x[c] + offset for c in mine["cell"]], mine["ours"], s=42, zorder=4, linewidths=1.4,
+                       facecolor=colour if declared else "none", edgecolor=colour,
+                       label=f"{value} (ours)" if declared else str(value))
+        ax.set_xticks(range(len(cell_names)))
+        ax.set_xticklabels(cell_names if len(cell_names) <= 30 else [""] * len(cell_names), rotation=60,
+                           ha="right", fontsize=7.5)
+        ax.set_title(f"{group['key'].iloc[0]}", fontsize=9.5)
+        ax.set_ylabel(str(cells["headline"].iloc[0]) if "headline" in cells else "headline")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    fig.suptitle(title)
+    return fig
+
+
 # =====================================================================================================================
 # the job
 # =====================================================================================================================
@@ -664,7 +704,7 @@ def make(config: dict, figure: Figure, files: Mapping[str, Sequence[PathLike]], 
          pdf: PathLike) -> None:
     """Draw ``figure`` (cnnrepro.report.figure_plan) from exactly the given files, keyed as the workflow passes
     them: ``metrics``, ``histories``, ``weights`` (one per run of the figure, in its order), ``bench_cpu``,
-    ``bench_gpu``, ``published`` and ``classes``."""
+    ``bench_gpu``, ``published``, ``classes`` and ``cells`` (the assumptions' headline numbers)."""
     study = figure.study
     settings = config["studies"][study]
     title = f"{settings['title'] or study}"
@@ -674,6 +714,9 @@ def make(config: dict, figure: Figure, files: Mapping[str, Sequence[PathLike]], 
     kind = figure.kind
     if kind == "classes":
         save(draw_classes(pd.read_csv(files["classes"][0]), heading), png, pdf)
+        return
+    if kind == "assumptions":
+        save(draw_assumptions(pd.read_csv(files["cells"][0]), heading), png, pdf)
         return
     histories = files.get("histories") if kind in ("curves", "published") else None
     runs = load_runs(figure.runs, files["metrics"], histories)

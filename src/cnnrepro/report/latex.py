@@ -26,6 +26,12 @@ def escape(text: Any) -> str:
     return "".join(out)
 
 
+def breakable(escaped: str) -> str:
+    """Escaped text (a setting's name or value in typewriter type, which LaTeX never hyphenates) that may break
+    after a dot or an underscore."""
+    return escaped.replace(".", r".\allowbreak{}").replace(r"\_", r"\_\allowbreak{}")
+
+
 def _tex_marks(marks: Sequence[str]) -> str:
     return rf"\textsuperscript{{{','.join(escape(m) for m in marks)}}}" if marks else ""
 

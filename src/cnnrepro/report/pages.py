@@ -15,9 +15,9 @@ from __future__ import annotations
 import base64
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import jinja2
 import pandas as pd
@@ -26,6 +26,7 @@ from cnnrepro.report import latex
 from cnnrepro.report import provenance as prov
 from cnnrepro.report.table_view import MISSING, VERDICT_SYMBOLS, NumberCell, as_number, read_text_csv, table_view
 from cnnrepro.runtime import io
+from cnnrepro.tables import assumptions
 from cnnrepro.tables import verdicts as vd
 from cnnrepro.tables.aggregate import aggregate_study
 from cnnrepro.tables.gather import gather
@@ -114,6 +115,34 @@ class PageFiles:
     figures: Mapping[str, Mapping[str, str]]  # study -> {png: caption}
     html: PathLike
     tex: PathLike
+    # study -> its comparison of each assumption's values with the paper (cnnrepro.tables.assumptions), where a
+    # sweep made one
+    assumptions: Mapping[str, PathLike] = field(default_factory=dict)
+
+
+def _shown(value: Any) -> str:
+    """A setting's value as the report prints it."""
+    return "null" if value is None else str(value)
+
+
+def _assumptions_view(config: dict, study: str, comparison: PathLike | None) -> dict:
+    """The study's unstated settings (each with the value it uses, why, and the alternatives) and, after a sweep,
+    per value how many of the paper's numbers agree and the headline metric's mean difference."""
+    declared = list(assumptions.assumption_rows(config, study))
+    frame = pd.read_csv(comparison) if comparison is not None and Path(comparison).is_file() else None
+    for row in declared:
+        row["value"], row["alternatives"] = _shown(row["value"]), [_shown(v) for v in row["alternatives"]]
+        row["where"] = ", ".join(f"{k} {v}" for k, v in row["where"].items())
+        row["values"] = [] if frame is None else [
+            {"value": "null" if pd.isna(r["value"]) else _shown(r["value"]), "ours": assumptions.is_true(r["declared"]),
+             "runs": int(r["runs"]), "agree": int(r["agree"]), "differ": int(r["differ"]),
+             "nc": int(r["not_comparable"]), "comparable": int(r["comparable"]),
+             "delta": "" if pd.isna(r["headline_mean_abs_delta"]) else f"{r['headline_mean_abs_delta']:.4g}",
+             "n": int(r["headline_n"]), "best": assumptions.is_true(r["best"])}
+            for r in frame[frame["assumption"] == row["index"]].to_dict("records")]
+    headline = None if frame is None or frame.empty else str(frame["headline"].iloc[0])
+    return {"declared": declared, "compared": frame is not None, "headline": headline,
+            "lines": assumptions.summary_lines(frame) if frame is not None and not frame.empty else []}
 
 
 def build_context(config: dict, studies: Sequence[str], files: PageFiles, repo: PathLike | None = None,
@@ -140,6 +169,7 @@ def build_context(config: dict, studies: Sequence[str], files: PageFiles, repo: 
             "summary": prov.run_summary(study_runs),
             "runs": _runs_view(runs, name, folder),
             "figures": _figures_view(files.figures.get(name, {}), folder, tex_folder),
+            "assumptions": _assumptions_view(config, name, files.assumptions.get(name)),
             "page": f"{name}/index.html" if len(studies) > 1 else None,
         })
     return {
@@ -165,6 +195,7 @@ def _environment() -> jinja2.Environment:
                              autoescape=jinja2.select_autoescape(["html", "html.j2"]), trim_blocks=True,
                              lstrip_blocks=True)
     env.filters["tex"] = latex.escape
+    env.filters["breakable"] = latex.breakable
     env.filters["textable"] = latex.tabular
     env.tests["numbercell"] = lambda cell: isinstance(cell, NumberCell)
     return env
@@ -182,9 +213,9 @@ def render_page(config: dict, studies: Sequence[str], files: PageFiles, repo: Pa
 
 def render(config: dict, studies: Sequence[str], tables: Mapping[str, PathLike], runs: PathLike,
            figures: Mapping[str, Mapping[str, str]], html: PathLike, tex: PathLike,
-           repo: PathLike | None = None) -> None:
+           repo: PathLike | None = None, assumptions: Mapping[str, PathLike] | None = None) -> None:
     """The report rules' entry point: one study's page, or the full report of every study."""
-    render_page(config, list(studies), PageFiles(tables, runs, figures, html, tex), repo)
+    render_page(config, list(studies), PageFiles(tables, runs, figures, html, tex, dict(assumptions or {})), repo)
 
 
 # =====================================================================================================================
@@ -206,6 +237,8 @@ class StudyFiles:
     figures: Mapping[str, str]  # png -> caption, of the figures that exist
     html: PathLike
     tex: PathLike
+    assumptions: PathLike | None = None  # where the comparison of its assumptions goes, after a sweep
+    assumption_cells: PathLike | None = None
 
 
 def render_partial(config: dict, studies: Mapping[str, StudyFiles], runs: PathLike, models: PathLike,
@@ -219,15 +252,17 @@ def render_partial(config: dict, studies: Mapping[str, StudyFiles], runs: PathLi
         return False
     for name, files in studies.items():
         aggregate_study(config, name, files.metrics, files.bench, files.paper_tables, files.tables, files.runs,
-                        files.models, files.logs, partial=True)
+                        files.models, files.logs, partial=True, assumptions_out=files.assumptions,
+                        assumption_cells_out=files.assumption_cells)
+    compared = {name: files.assumptions for name, files in studies.items() if files.assumptions}
     for name, files in studies.items():
-        render_page(config, [name], PageFiles(files.tables, files.runs, {name: files.figures}, files.html, files.tex),
-                    repo, _partial_note(config, {name: files}))
+        page = PageFiles(files.tables, files.runs, {name: files.figures}, files.html, files.tex, compared)
+        render_page(config, [name], page, repo, _partial_note(config, {name: files}))
     gather([s.runs for s in studies.values()], runs)
     gather([s.models for s in studies.values()], models)
     tables = {k: v for s in studies.values() for k, v in s.tables.items()}
-    render_page(config, list(studies), PageFiles(tables, runs, {n: s.figures for n, s in studies.items()}, html, tex),
-                repo, _partial_note(config, studies))
+    page = PageFiles(tables, runs, {n: s.figures for n, s in studies.items()}, html, tex, compared)
+    render_page(config, list(studies), page, repo, _partial_note(config, studies))
     return True
 
 

@@ -1,4 +1,4 @@
-"""One aggregated paper table (cnnrepro.tables.aggregate.paper_table's CSV) arranged as the paper printed it:
+"""One aggregated paper table (cnnrepro.tables.paper.paper_table's CSV) arranged as the paper printed it:
 header rows, body rows of row headers and number cells (the paper's number, ours, Δ and the verdict), the notes
 under it and its verdict counts; the same view feeds the HTML and the LaTeX templates."""
 
@@ -192,7 +192,7 @@ class _Grid:
 
 
 def table_view(frame: pd.DataFrame, table: dict, name: str, rules: Mapping[str, dict]) -> dict:
-    """An aggregated table (cnnrepro.tables.aggregate.paper_table's CSV) arranged as the paper printed it: header
+    """An aggregated table (cnnrepro.tables.paper.paper_table's CSV) arranged as the paper printed it: header
     rows, body rows of row headers and number cells (paper, ours, Δ, verdict), the notes under it and its verdict
     counts. Every label a reader needs is beside the number: note marks, deviation signs, reasons."""
     records = frame.to_dict("records")

@@ -14,153 +14,31 @@ deviation, count and 95 % interval, and a verdict against the paper's (cnnrepro.
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Iterable, Mapping
 
 import pandas as pd
 
 from cnnrepro import config as cfg
 from cnnrepro.runtime import io
+from cnnrepro.tables import assumptions
 from cnnrepro.tables import verdicts as vd
 from cnnrepro.tables.gather import gather, write_csv
 from cnnrepro.tables.layout import (
-    EXTRA_COLUMNS,
-    METRIC_DIM,
-    METRIC_SUFFIXES,
     configured_tables,
-    layout_dims,
-    place_notes,
-    split_columns,
     study_tables,
     table_name,
 )
-from cnnrepro.tables.select import matching, row_selector
+from cnnrepro.tables.paper import distinct, paper_table
 from cnnrepro.tables.specs import check_paper_table, check_paper_tables
-from cnnrepro.tables.summary import (
-    BENCH_KINDS,
-    CPU_BENCH_FIELDS,
-    GPU_BENCH_FIELDS,
-    RUN_FIELDS,
-    STATUSES,
-    PathLike,
-    load_summaries,
-)
+from cnnrepro.tables.summary import RUN_FIELDS, PathLike, load_summaries
 
 log = logging.getLogger(__name__)
 
 
-def _round(value: float | None) -> Any:
-    if value is None:
-        return None
-    return int(value) if float(value).is_integer() and abs(value) >= 1 else round(float(value), 4)
-
-
-def _distinct(values: Iterable[Any]) -> list[str]:
-    """Distinct non-empty values, in order of first appearance."""
-    return list(dict.fromkeys(str(v) for v in values
-                              if not (v is None or v == "" or (isinstance(v, float) and math.isnan(v)))))
-
-
-def _devices(runs: list[dict], fields: list[str]) -> list[str]:
-    """The devices behind a row's numbers: where its runs trained and, for the benchmark's CPU or GPU
-    numbers it shows (``cpu_*``/``gpu_*`` fields), where those were measured."""
-    names = [r.get("device_name") for r in runs]
-    for kind in BENCH_KINDS:
-        if any(f.startswith(f"{kind}_") for f in fields):
-            names += [r.get(f"{kind}_device") for r in runs]
-    return _distinct(names)
-
-
-def _status_text(runs: list[dict]) -> str:
-    """The statuses of a row's runs: one word when they agree (``ok``), else counts (``ok 2, failed 1``)."""
-    counts = {status: sum(r.get("status") == status for r in runs) for status in STATUSES}
-    present = {status: n for status, n in counts.items() if n}
-    if not present:
-        return ""
-    if len(present) == 1:
-        return next(iter(present))
-    return ", ".join(f"{status} {n}" for status, n in present.items())
-
-
-def _unavailable(runs: list[dict], field: str | None, source: str | None) -> str:
-    """Why a row has no number of ours for ``field``."""
-    if source is None:
-        return "not computed by this workflow"
-    if not runs:
-        return "no configured run matches this row"
-    base = vd.field_base(field)
-    for kind, fields in (("gpu", GPU_BENCH_FIELDS), ("cpu", CPU_BENCH_FIELDS)):
-        if base in fields:
-            reasons = _distinct(r.get(f"{kind}_not_measured") for r in runs)
-            if reasons:
-                return "; ".join("no GPU here" if "no CUDA device" in reason else reason for reason in reasons)
-    if not any(r.get("status") == "ok" for r in runs):
-        return _status_text(runs)
-    return "not measured by our runs"
-
-
-def paper_table(table: dict, study: str, summaries: list[dict], paper_csv: PathLike,
-                rules: Mapping[str, dict] | None = None) -> pd.DataFrame:
-    """The paper's table with its key columns, then for each metric ``m`` the printed ``m_paper``, our mean
-    ``m_ours`` with ``m_ours_std``, ``m_ours_n`` and the 95 % interval ``m_ours_ci95_low``/``_high`` over the
-    runs that have it, ``m_verdict`` and ``m_reason``; then ``runs_ours``, ``status_ours``, ``device_ours``,
-    ``deviations_ours`` and ``notes``. ``rules``: the study's verdict rules (the schema's defaults when None)."""
-    paper = pd.read_csv(paper_csv, dtype=str, keep_default_na=False)
-    clash = [c for c in EXTRA_COLUMNS if c in paper.columns]
-    if clash:
-        raise ValueError(f"paper table {paper_csv} has a column '{clash[0]}', a name the output uses for its own "
-                         "column; rename it in the CSV")
-    rules = rules if rules is not None else vd.default_rules()
-    metric_cols, key_cols = split_columns(table, list(paper.columns))
-    records = paper.to_dict("records")
-    notes = place_notes(table, f"{Path(paper_csv).name} (study {study})", key_cols, metric_cols, records)
-    row_dims, column_dims = layout_dims(table, key_cols, records)
-    shown_keys = [d for d in (*row_dims, *column_dims) if d != METRIC_DIM]
-    rows: list[dict] = []
-    cells: dict[str, list[vd.Cell]] = {m: [] for m in metric_cols}
-    for i, record in enumerate(records):
-        selector = row_selector(table, record)
-        runs = matching(summaries, study, selector) if selector is not None else []
-        out: dict[str, Any] = {c: record[c] for c in key_cols}
-        fields = []
-        for metric in metric_cols:
-            source = table["metrics"][metric]
-            field = source.format(**record) if source else None
-            stats = vd.Stats()
-            if field and runs:
-                fields.append(field)
-                stats = vd.Stats.of(cfg.get_path(r, field) for r in runs)
-            kind, _ = vd.metric_kind(table, metric)
-            across = rules[kind]["across"] if kind in rules else "model"
-            ranked_by = vd.across_columns(table, key_cols, across)
-            group = tuple(record[c] for c in shown_keys if c not in ranked_by) if ranked_by else None
-            cells[metric].append(vd.Cell(record[metric], stats, None if stats.n else _unavailable(runs, field, source),
-                                         group=group))
-            out.update({f"{metric}_paper": record[metric], f"{metric}_ours": _round(stats.mean),
-                        f"{metric}_ours_std": _round(stats.std), f"{metric}_ours_n": stats.n,
-                        f"{metric}_ours_ci95_low": _round(stats.low), f"{metric}_ours_ci95_high": _round(stats.high)})
-        out["runs_ours"] = len(runs)
-        out["status_ours"] = _status_text(runs)
-        out["device_ours"] = "; ".join(_devices(runs, fields))
-        out["deviations_ours"] = ", ".join(_distinct(d for r in runs for d in r.get("deviations") or []))
-        out["notes"] = notes.describe(i)
-        rows.append(out)
-    units = (table.get("layout") or {}).get("units") or {}
-    for metric in metric_cols:
-        kind, scale = vd.metric_kind(table, metric)
-        unit = "pp" if kind == "accuracy" and scale == 1.0 else units.get(metric, "")
-        vd.judge_column(cells[metric], rules.get(kind) if kind else None, kind, scale,
-                        (table.get("not_comparable") or {}).get(metric), unit)
-        for out, cell in zip(rows, cells[metric]):
-            out[f"{metric}_verdict"], out[f"{metric}_reason"] = cell.verdict, cell.reason
-    columns = [*key_cols, *(f"{m}{suffix}" for m in metric_cols for suffix in METRIC_SUFFIXES), *EXTRA_COLUMNS]
-    return pd.DataFrame(rows, columns=columns)
-
-
 # The first columns of runs.csv: what a run is, how it ended, where and in what it computed, and its log.
-RUN_COLUMNS = ["run_id", *RUN_FIELDS, "status", "device", "device_name", "precision", "deviations", "epochs_run",
-               "train_seconds", "started_at", "finished_at", "log"]
+RUN_COLUMNS = ["run_id", *RUN_FIELDS, "assumption", "status", "device", "device_name", "precision", "deviations",
+               "epochs_run", "train_seconds", "started_at", "finished_at", "log"]
 
 
 def flat_runs(summaries: list[dict]) -> pd.DataFrame:
@@ -168,6 +46,8 @@ def flat_runs(summaries: list[dict]) -> pd.DataFrame:
     for s in summaries:
         row = {k: v for k, v in s.items() if not isinstance(v, dict)}
         row["deviations"] = ", ".join(s.get("deviations") or [])
+        if s.get("assumption"):  # only a sweep's runs: runs.csv without a sweep is as before
+            row["assumption"] = f"{s['assumption']['key']}={s['assumption']['value']}"
         row.update({f"recipe.{k}": v for k, v in s.get("recipe", {}).items() if not isinstance(v, (list, dict))})
         rows.append(row)
     frame = pd.DataFrame(rows)
@@ -181,8 +61,9 @@ MODEL_COLUMNS = ["params_count", "params_trainable", "size_MiB", "state_dict_MiB
 
 
 def model_comparison(summaries: list[dict]) -> pd.DataFrame:
-    """Size, FLOPs, latency and accuracy of every model of every study (means over variants and seeds)."""
-    frame = flat_runs(summaries)
+    """Size, FLOPs, latency and accuracy of every model of every study (means over variants and seeds, of the
+    study's own runs: a sweep's runs of an assumption's alternative are not the study's numbers)."""
+    frame = flat_runs([s for s in summaries if not s.get("assumption")])
     if frame.empty:
         return pd.DataFrame(columns=[*cfg.BenchKey._fields, *MODEL_COLUMNS, "runs", "device_name",
                                      "deviations"])
@@ -198,9 +79,9 @@ def model_comparison(summaries: list[dict]) -> pd.DataFrame:
         out["gpu_note"] = grouped["gpu_not_measured"].first().values
     # Where the runs trained and with which speed switches, beside the means they produced.
     labels = frame.reindex(columns=[*keys, "device_name", "deviations"]).groupby(keys, sort=False)
-    out["device_name"] = labels["device_name"].agg(lambda names: "; ".join(_distinct(names))).values
+    out["device_name"] = labels["device_name"].agg(lambda names: "; ".join(distinct(names))).values
     out["deviations"] = labels["deviations"].agg(
-        lambda texts: ", ".join(_distinct(d for text in _distinct(texts) for d in text.split(", ")))).values
+        lambda texts: ", ".join(distinct(d for text in distinct(texts) for d in text.split(", ")))).values
     return out
 
 
@@ -221,11 +102,14 @@ def check_table_files(config: dict, files: Mapping[str, PathLike], what: str, st
 def aggregate_study(config: dict, study: str, metrics: Iterable[PathLike], bench: Iterable[PathLike],
                     paper_tables: Mapping[str, PathLike], tables_out: Mapping[str, PathLike], runs_out: PathLike,
                     models_out: PathLike, logs: Mapping[str, PathLike] | None = None,
-                    partial: bool = False) -> dict[str, Path]:
+                    partial: bool = False, assumptions_out: PathLike | None = None,
+                    assumption_cells_out: PathLike | None = None) -> dict[str, Path]:
     """Write ``study``'s paper tables with our numbers and verdicts, and its runs.csv and models.csv; returns
     name -> written path. ``metrics`` and ``bench`` are the study's metrics.json and benchmark records,
     ``paper_tables`` and ``tables_out`` map each of its table names to the paper's CSV and to the output, ``logs``
-    its run ids to their training logs; ``partial`` tolerates missing records (see :func:`load_summaries`)."""
+    its run ids to their training logs; ``partial`` tolerates missing records (see :func:`load_summaries`).
+    With a sweep of the study's assumptions (cnnrepro.tables.assumptions.compared), ``assumptions_out`` and
+    ``assumption_cells_out`` get the comparison of each assumption's values with the paper."""
     check_table_files(config, paper_tables, "paper_tables", study)
     check_table_files(config, tables_out, "tables_out", study)
     for index in range(len(config["studies"][study]["tables"])):
@@ -241,6 +125,12 @@ def aggregate_study(config: dict, study: str, metrics: Iterable[PathLike], bench
                  int((frame["runs_ours"] > 0).sum()))
     written["runs.csv"] = write_csv(flat_runs(summaries), runs_out)
     written["models.csv"] = write_csv(model_comparison(summaries), models_out)
+    if assumptions_out is not None and assumptions.compared(config, study):
+        by_value, cells = assumptions.compare(config, study, summaries, paper_tables, rules)
+        written["assumptions.csv"] = write_csv(by_value, assumptions_out)
+        written["assumptions_headline.csv"] = write_csv(cells, assumption_cells_out)
+        for line in assumptions.summary_lines(by_value):
+            log.info("the paper supports %s", line)
     return written
 
 

@@ -33,8 +33,9 @@ def selects(run: Mapping[str, Any], selector: Mapping[str, Any]) -> bool:
 
 
 def matching(runs: Iterable[Mapping[str, Any]], study: str, selector: Mapping[str, Any]) -> list:
-    """The runs of ``study`` that ``selector`` picks, in their order."""
-    return [run for run in runs if run["study"] == study and selects(run, selector)]
+    """The runs of ``study`` that ``selector`` picks, in their order: the study's own runs, never a sweep's run of an
+    assumption's alternative (cnnrepro.tables.assumptions compares those)."""
+    return [run for run in runs if run["study"] == study and not run.get("assumption") and selects(run, selector)]
 
 
 def row_selector(table: dict, row: dict) -> dict[str, Any] | None:

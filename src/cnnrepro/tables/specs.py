@@ -226,6 +226,20 @@ def check_config(config: dict) -> None:
         text = str(error)
         raise cfg.ConfigError(f"config error {text}" if text.startswith("at '") else f"config error: {text}") \
             from None
+    for name, study in config["studies"].items():
+        _check_headline(config, name, study)
+
+
+def _check_headline(config: dict, name: str, study: dict) -> None:
+    """The headline metric the study's assumptions are compared by is a metric column of one of its tables."""
+    if study["headline"] is None:
+        return
+    columns = [m for table in study["tables"] for m in split_columns(
+        table, list(pd.read_csv(cfg.paper_table_path(config, table), nrows=0).columns))[0]]
+    if study["headline"] not in columns:
+        raise cfg.ConfigError(f"config error at 'studies.{name}.headline': '{study['headline']}' is not a metric "
+                              f"column of the study's paper tables; their metric columns: "
+                              f"{', '.join(dict.fromkeys(columns)) or 'none (no table)'}")
 
 
 def check_paper_tables(config: dict) -> None:

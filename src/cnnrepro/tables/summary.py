@@ -76,6 +76,8 @@ def summarize(record: dict, bench_cpu: dict | None = None, bench_gpu: dict | Non
                precision=((record.get("speed") or {}).get("numerics") or {}).get("precision"),
                torch_version=record.get("torch_version"), python_version=record.get("python_version"),
                threads=record.get("threads"), host=record.get("host"))
+    if settings.get("assumption"):  # a sweep's run: which assumption's alternative it tries
+        out["assumption"] = settings["assumption"]
     if record.get("status") == "ok":
         test = record["test"]
         out.update(

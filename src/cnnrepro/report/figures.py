@@ -685,6 +685,7 @@ def draw_assumptions(cells: pd.DataFrame, title: str) -> Any:
                        facecolor=colour if declared else "none", edgecolor=colour,
                        label=f"{value} (ours)" if declared else str(value))
         ax.set_xticks(range(len(cell_names)))
+        ax.set_xlim(-0.6, len(cell_names) - 0.4)  # one slot per printed number, the values side by side in it
         ax.set_xticklabels(cell_names if len(cell_names) <= 30 else [""] * len(cell_names), rotation=60,
                            ha="right", fontsize=7.5)
         ax.set_title(f"{group['key'].iloc[0]}", fontsize=9.5)

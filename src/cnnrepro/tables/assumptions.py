@@ -136,9 +136,10 @@ def compare(config: dict, study: str, summaries: list[dict], paper_tables: Mappi
 
 def _mark_best(group: list[dict]) -> None:
     """The value the paper's numbers support: the most agreeing numbers, then the smallest headline difference
-    (none marked when no value has a comparable number)."""
+    (none marked when no value has a comparable number, or when every value scores the same)."""
     candidates = [row for row in group if row["comparable"]]
-    if not candidates:
+    scores = {(row["agree"], _or_inf(row["headline_mean_abs_delta"])) for row in group}
+    if not candidates or len(scores) == 1:  # every value scores the same: the paper settles nothing
         return
     best = max(candidates, key=lambda row: (row["agree"], -_or_inf(row["headline_mean_abs_delta"]), row["declared"]))
     best["best"] = True

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -25,10 +26,14 @@ from cnnrepro import config as cfgmod
 from cnnrepro import models
 from cnnrepro.data import compact
 from cnnrepro.data.splits import Split
-from cnnrepro.engine import checkpoint, feature_cache, train
+from cnnrepro.engine import checkpoint, determinism, feature_cache, train
+from cnnrepro.engine import recipe as recipe_mod
 from cnnrepro.engine.recipe import deviations, effective_speed, native_bf16, numerics_record
 from cnnrepro.models import registry
+from cnnrepro.report import pages
 from cnnrepro.runtime.progress import ProgressBar
+from cnnrepro.tables.aggregate import flat_runs
+from cnnrepro.tables.summary import summarize
 from tests.conftest import config_defaults
 
 NORMALIZATION = {
@@ -527,8 +532,8 @@ def speed_block(**on) -> dict:
 
 def test_speed_switches_are_off_by_default():
     assert not any(config_defaults()["speed"].values())
-    assert effective_speed(speed_block(), "cuda", True, (9, 0))["requested"] == dict.fromkeys(
-        ("channels_last", "amp_bf16", "tf32", "cudnn_benchmark", "compile"), False)
+    assert effective_speed(speed_block(), "cuda", True, (9, 0), "adam")["requested"] == dict.fromkeys(
+        ("channels_last", "amp_bf16", "tf32", "cudnn_benchmark", "compile", "fused_optimizer"), False)
 
 
 @pytest.mark.parametrize("capability, bf16", [((7, 5), False), ((8, 0), True), ((9, 0), True), (None, False)])
@@ -543,7 +548,8 @@ def test_effective_speed_decisions():
     every = speed_block(channels_last=True, amp_bf16=True, tf32=True, cudnn_benchmark=True)
     cpu = effective_speed(every, "cpu", has_conv=True)
     assert {k: v for k, v in cpu.items() if k != "requested"} == {
-        "channels_last": True, "amp_bf16": False, "tf32": False, "cudnn_benchmark": False, "compile": False}
+        "channels_last": True, "amp_bf16": False, "tf32": False, "cudnn_benchmark": False, "compile": False,
+        "fused_optimizer": False}
     assert effective_speed(every, "cpu", has_conv=False)["channels_last"] is False
     cuda = effective_speed(every, "cuda", has_conv=True, capability=(8, 6))
     assert cuda["amp_bf16"] and cuda["cudnn_benchmark"] and cuda["tf32"] and not cuda["compile"]
@@ -553,8 +559,9 @@ def test_effective_speed_decisions():
 
 def test_the_record_names_every_deviation_from_fp32():
     numerics = {"precision": "bf16 autocast", "tf32_matmul": True, "tf32_cudnn": True, "cudnn_benchmark": True,
-                "channels_last": True, "compile": False}
-    assert deviations(numerics) == ["bf16 autocast", "TF32 matmul", "TF32 cuDNN", "cudnn.benchmark", "channels_last"]
+                "channels_last": True, "compile": False, "fused_optimizer": True}
+    assert deviations(numerics) == ["bf16 autocast", "TF32 matmul", "TF32 cuDNN", "cudnn.benchmark", "channels_last",
+                                    "fused optimizer"]
     faithful = numerics_record(effective_speed(speed_block(), "cpu", True), torch.device("cpu"), "cpu", None)
     assert faithful["precision"] == "fp32" and deviations(faithful) == []
 
@@ -602,6 +609,160 @@ def test_keras_epoch_loss_weights_each_batch_by_its_size(data_file):
     assert losses["batch_mean"] == pytest.approx(sum(loss for loss, _ in per_batch) / 3, rel=1e-6)
     assert losses["sample_mean"] == pytest.approx(sum(loss * n for loss, n in per_batch) / 256, rel=1e-6)
     assert losses["sample_mean"] != pytest.approx(losses["batch_mean"], rel=1e-6)  # the last batch is smaller
+
+
+def running_sum_epoch(model, split, optimizer, batch_size, generator, weighted):
+    """The textbook loop with the epoch's loss summed on the device batch by batch (the engine's result must be
+    this number, bit for bit)."""
+    total, correct, seen, batches = torch.zeros(()), 0, 0, 0
+    model.train()
+    for x, y in split.batches(batch_size, generator, train=True):
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.detach() * len(y) if weighted else loss.detach()
+        correct += int((logits.argmax(1) == y).sum())
+        seen, batches = seen + len(y), batches + 1
+    return float(total) / (seen if weighted else batches), correct / len(split)
+
+
+@pytest.mark.parametrize("mode", ["batch_mean", "sample_mean"])
+def test_the_epoch_step_computes_what_the_textbook_loop_does_bit_for_bit(data_file, mode):
+    train_split = compact.read_compact(data_file)["splits"]["train"]
+    split = Split(train_split["x"], train_split["y"], lambda x, generator=None, train=False: x.float() / 255,
+                  torch.device("cpu"))
+    results = {}
+    for loop in ("engine", "textbook"):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 10))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        generator = torch.Generator().manual_seed(1)
+        if loop == "engine":
+            epoch = train.train_one_epoch(model, split, optimizer, F.cross_entropy, 100, generator, "train", False,
+                                          epoch_loss=mode)
+        else:
+            epoch = running_sum_epoch(model, split, optimizer, 100, generator, mode == "sample_mean")
+        results[loop] = epoch, model.state_dict()
+    assert results["engine"][0] == results["textbook"][0]  # loss and accuracy, exactly
+    assert 0 < results["engine"][0][1] <= 1
+    assert_same_weights(results["engine"][1], results["textbook"][1])
+
+
+def test_the_fused_optimizer_is_opt_in_and_recorded(data_file, tmp_path):
+    assert recipe_mod.has_fused("sgd") and recipe_mod.has_fused("adam") and not recipe_mod.has_fused("rmsprop")
+    asked = speed_block(fused_optimizer=True)
+    assert effective_speed(asked, "cpu", True, None, "adam")["fused_optimizer"] is True
+    assert effective_speed(asked, "cpu", True, None, "rmsprop")["fused_optimizer"] is False  # no such kernel
+    assert effective_speed(speed_block(), "cuda", True, (9, 0), "adam")["fused_optimizer"] is False
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    assert not recipe_mod.make_optimizer(params, {"optimizer": "sgd", "lr": 0.1}).defaults["fused"]
+    assert recipe_mod.make_optimizer(params, {"optimizer": "sgd", "lr": 0.1}, fused=True).defaults["fused"] is True
+
+    record = run(make_settings("fcnn", recipe={"epochs": 1}, speed={"fused_optimizer": True}), data_file, tmp_path)
+    assert record["speed"]["fused_optimizer"] is True and record["speed"]["numerics"]["fused_optimizer"] is True
+    assert record["speed"]["deviations"] == ["fused optimizer"]
+
+
+# --------------------------------------------------------------------------- determinism as it really was
+
+# torch's own alert text (c10 Context::alertNotDeterministic with warn_only); no CPU op raises it, so a test
+# model raises the same warning where a CUDA op would.
+TORCH_ALERT = (" does not have a deterministic implementation, but you set 'torch.use_deterministic_algorithms(True, "
+               "warn_only=True)'. You can file an issue at https://github.com/pytorch/pytorch/issues to help us "
+               "prioritize adding deterministic support for this operation.")
+
+
+class AlertingNet(torch.nn.Module):
+    """A linear classifier whose first ``alerts`` forward passes warn as torch does for an op without a
+    deterministic implementation (process-wide count: a resumed attempt in the same process warns no more)."""
+
+    alerts_left = 0
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.head = torch.nn.Linear(28 * 28, num_classes)
+
+    def forward(self, x):
+        if AlertingNet.alerts_left > 0:
+            AlertingNet.alerts_left -= 1
+            warnings.warn("adaptive_avg_pool2d_backward_cuda" + TORCH_ALERT, UserWarning)
+            warnings.warn("an unrelated warning the run must not swallow", UserWarning)
+        return self.head(x.flatten(1))
+
+
+@pytest.fixture
+def alerting_model():
+    @models.register_model("alerting_net", head="head", input_size=28, channels=1)
+    def alerting_net(num_classes: int, in_channels: int = 1, input_size: int = 28) -> torch.nn.Module:
+        return AlertingNet(num_classes)
+
+    yield "alerting_net"
+    models.unregister_model("alerting_net")
+
+
+def test_the_alert_texts_name_the_op():
+    assert determinism.nondeterministic_op("index_add_cuda_" + TORCH_ALERT) == "index_add_cuda_"
+    cublas = ("Deterministic behavior was enabled with either `torch.use_deterministic_algorithms(True)` or "
+              "`at::Context::setDeterministicAlgorithms(true)`, but this operation is not deterministic because it "
+              "uses CuBLAS and you have CUDA >= 10.2. To enable deterministic behavior in this case, you must set an "
+              "environment variable before running your PyTorch application: CUBLAS_WORKSPACE_CONFIG=:4096:8 ...")
+    assert determinism.nondeterministic_op(cublas) == determinism.CUBLAS_OP
+    assert determinism.nondeterministic_op("Default grid_sample behavior has changed") is None
+
+
+def test_the_record_names_the_ops_that_ran_without_a_deterministic_implementation(alerting_model, data_file,
+                                                                                   tmp_path, caplog, recwarn):
+    caplog.set_level(logging.WARNING, logger="cnnrepro")
+    AlertingNet.alerts_left = 10**6  # every forward pass, training and evaluation
+    record = run(make_settings(alerting_model, {"epochs": 2}), data_file, tmp_path)
+    numerics = record["speed"]["numerics"]
+    assert numerics["deterministic_algorithms"] is True  # asked for, and yet:
+    assert numerics["nondeterministic_ops"] == ["adaptive_avg_pool2d_backward_cuda"]
+    assert caplog.text.count("adaptive_avg_pool2d_backward_cuda ran without a deterministic implementation") == 1
+    assert any("an unrelated warning" in str(w.message) for w in recwarn)  # passed on, not swallowed
+    summary = summarize(json.loads((tmp_path / "metrics.json").read_text()))
+    assert flat_runs([summary])["nondeterministic_ops"].tolist() == ["adaptive_avg_pool2d_backward_cuda"]
+
+
+@pytest.mark.filterwarnings("ignore:an unrelated warning")
+def test_ops_seen_before_a_crash_stay_in_the_resumed_runs_record(alerting_model, data_file, tmp_path):
+    settings = make_settings(alerting_model, {"epochs": 2})
+    AlertingNet.alerts_left = 1  # the first forward pass of the first attempt only
+    _crash_after_checkpoint(settings, data_file, tmp_path)
+    record = run(settings, data_file, tmp_path)
+    assert record["resumed"] and record["speed"]["numerics"]["nondeterministic_ops"] == [
+        "adaptive_avg_pool2d_backward_cuda"]
+
+
+def test_a_run_without_alerts_records_none_and_the_runs_table_says_deterministic(reference):
+    record, folder = reference
+    assert record["speed"]["numerics"]["nondeterministic_ops"] == []
+    runs = flat_runs([summarize(json.loads((folder / "metrics.json").read_text()))])
+    assert runs["nondeterministic_ops"].tolist() == ["none"]
+    assert pages._deterministic_text("none", "") == "yes"
+    assert pages._deterministic_text("none", "channels_last, cudnn.benchmark") == "no: cudnn.benchmark"
+    assert pages._deterministic_text("index_add_cuda_", "") == "no: index_add_cuda_"
+    assert pages._deterministic_text("", "") == pages.MISSING  # a record from before
+
+
+def test_select_best_keeps_its_state_in_host_memory_apart_from_the_model(data_file, tmp_path, monkeypatch):
+    kept = []
+    real = train.run_epoch
+
+    def spy(run_):
+        loss = real(run_)
+        kept.append(run_.best_state)
+        return loss
+
+    monkeypatch.setattr(train, "run_epoch", spy)
+    run(make_settings("fcnn", {"epochs": 2, "select": "best"}), data_file, tmp_path)
+    assert kept[-1] and all(t.device.type == "cpu" for t in kept[-1].values())
+    source = torch.ones(2)
+    copy = checkpoint.cpu_copy({"w": source})["w"]
+    source.add_(1)
+    assert copy.tolist() == [1.0, 1.0]  # a copy even of a CPU tensor: training on does not change it
 
 
 # --------------------------------------------------------------------------- CUDA paths through CPU seams

@@ -59,7 +59,13 @@ def to_cpu(state: dict) -> dict:
     return {key: value.detach().cpu() for key, value in state.items()}
 
 
-def mutable_state(model: nn.Module, clone: bool = False) -> dict:
+def cpu_copy(state: dict) -> dict:
+    """A copy of a state dict in host memory (a copy even of CPU tensors): a state kept while training goes
+    on, such as select: best's, neither changes with the model nor takes GPU memory."""
+    return {key: value.detach().to("cpu", copy=True) for key, value in state.items()}
+
+
+def mutable_state(model: nn.Module) -> dict:
     """The state entries training can change: trainable parameters and buffers (BatchNorm statistics).
 
     Frozen parameters never change, so checkpoints and the kept "best" state leave them out: for a frozen
@@ -67,8 +73,7 @@ def mutable_state(model: nn.Module, clone: bool = False) -> dict:
     """
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     buffers = {name for name, _ in model.named_buffers()}
-    return {k: (v.detach().clone() if clone else v) for k, v in model.state_dict().items()
-            if k in trainable or k in buffers}
+    return {k: v for k, v in model.state_dict().items() if k in trainable or k in buffers}
 
 
 def frozen_digest(model: nn.Module) -> str:

@@ -33,12 +33,21 @@ def build_run_model(settings: dict, pretrained: bool | None = None, weights_dir:
     return model
 
 
-def make_optimizer(params, recipe: dict) -> torch.optim.Optimizer:
-    """The recipe's optimizer; the recipe keys that are its constructor's parameters are passed on."""
+def make_optimizer(params, recipe: dict, fused: bool = False) -> torch.optim.Optimizer:
+    """The recipe's optimizer; the recipe keys that are its constructor's parameters are passed on. ``fused``:
+    torch's fused implementation (speed.fused_optimizer; see has_fused); otherwise torch's default one."""
     cls = OPTIMIZERS[recipe["optimizer"]]
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "params", "lr"}
     options = {key: tuple(value) if key == "betas" else value for key, value in recipe.items() if key in accepted}
+    if fused:
+        options["fused"] = True
     return cls(params, lr=recipe["lr"], **options)
+
+
+def has_fused(optimizer: str) -> bool:
+    """Whether torch has a fused implementation of the recipe's optimizer (SGD and Adam do; RMSprop and
+    Adadelta do not)."""
+    return "fused" in inspect.signature(OPTIMIZERS[optimizer].__init__).parameters
 
 
 def make_loss(name: str, num_classes: int):
@@ -50,7 +59,7 @@ def make_loss(name: str, num_classes: int):
     raise ValueError(f"unknown loss '{name}'; valid: ce, mse")
 
 
-SPEED_SWITCHES = ("channels_last", "amp_bf16", "tf32", "cudnn_benchmark", "compile")
+SPEED_SWITCHES = ("channels_last", "amp_bf16", "tf32", "cudnn_benchmark", "compile", "fused_optimizer")
 
 
 def native_bf16(capability: tuple[int, int] | None) -> bool:
@@ -59,8 +68,10 @@ def native_bf16(capability: tuple[int, int] | None) -> bool:
     return capability is not None and tuple(capability) >= (8, 0)
 
 
-def effective_speed(speed: dict, device_type: str, has_conv: bool, capability: tuple[int, int] | None = None) -> dict:
-    """The speed switches a run actually uses, from the config's ``speed`` block and the device.
+def effective_speed(speed: dict, device_type: str, has_conv: bool, capability: tuple[int, int] | None = None,
+                    optimizer: str | None = None) -> dict:
+    """The speed switches a run actually uses, from the config's ``speed`` block, the device and the recipe's
+    ``optimizer`` (a fused step exists for some; None: not known, taken as none).
 
     Kept free of device queries (``capability`` is the CUDA compute capability, None on CPU) so the CUDA
     decisions can be tested on a CPU-only machine. bf16, TF32 and cudnn.benchmark exist only on CUDA.
@@ -73,6 +84,7 @@ def effective_speed(speed: dict, device_type: str, has_conv: bool, capability: t
         "tf32": requested["tf32"] and cuda and capability is not None and tuple(capability) >= (8, 0),
         "cudnn_benchmark": requested["cudnn_benchmark"] and cuda,
         "compile": requested["compile"],
+        "fused_optimizer": requested["fused_optimizer"] and optimizer is not None and has_fused(optimizer),
         "requested": requested,
     }
 
@@ -87,6 +99,7 @@ def numerics_record(speed: dict, device: torch.device, device_name: str, capabil
         "cudnn_benchmark": cuda and torch.backends.cudnn.benchmark,
         "channels_last": speed["channels_last"],
         "compile": speed["compile"],
+        "fused_optimizer": speed["fused_optimizer"],
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
         "device_name": device_name,
         "compute_capability": ".".join(map(str, capability)) if capability else None,
@@ -96,7 +109,8 @@ def numerics_record(speed: dict, device: torch.device, device_name: str, capabil
 def deviations(numerics: dict) -> list[str]:
     """The switches in effect that compute differently from the papers' fp32 training."""
     flags = {"tf32_matmul": "TF32 matmul", "tf32_cudnn": "TF32 cuDNN", "cudnn_benchmark": "cudnn.benchmark",
-             "channels_last": "channels_last", "compile": "torch.compile"}
+             "channels_last": "channels_last", "compile": "torch.compile",
+             "fused_optimizer": "fused optimizer"}
     out = [] if numerics["precision"] == "fp32" else [numerics["precision"]]
     return out + [label for key, label in flags.items() if numerics[key]]
 

@@ -26,12 +26,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from cnnrepro import models
 from cnnrepro.data.splits import Split, build_splits, read_verified
-from cnnrepro.engine import chaining, checkpoint, feature_cache, metrics, schedules
+from cnnrepro.engine import chaining, checkpoint, determinism, feature_cache, metrics, schedules
 from cnnrepro.engine.evaluation import eval_batch_size, eval_every, every_epoch_reasons
 from cnnrepro.engine.recipe import (
     autocast,
@@ -110,6 +111,8 @@ class Run:
     eval_every: int = 1  # in effect: recipe.eval_every unless the schedule or select: best reads every epoch
     resumed: bool = False  # from this run's own checkpoint (a killed job rerun)
     continued_from: dict | None = None  # {"run_id", "epochs"} of the shorter run this one continued
+    # Ops torch ran without a deterministic implementation, in this attempt and the ones it resumed.
+    nondeterministic_ops: set = field(default_factory=set)
     keep_final_state: bool = False
     # Evaluations of the current weights by split (the same object for eval and test when eval_split is test);
     # cleared whenever the weights change.
@@ -170,8 +173,17 @@ def train_run(settings: dict, data_path: str | Path, outputs: RunOutputs, weight
     ``chain``: continue from a shorter run's final state (when no checkpoint of this run exists);
     ``keep_final_state``: leave this run's final state in ``outputs.final_state`` for a longer run.
     """
-    run = set_up(settings, data_path, outputs, weights_dir, threads)
-    run.keep_final_state = keep_final_state
+    ops: set[str] = set()
+    with determinism.watch(ops):
+        run = set_up(settings, data_path, outputs, weights_dir, threads)
+        run.nondeterministic_ops = ops
+        run.keep_final_state = keep_final_state
+        return train_epochs(run, chain)
+
+
+def train_epochs(run: Run, chain: ChainStart | None) -> dict:
+    """Resume or continue, train until the schedule stops, and write the record."""
+    settings = run.settings
     if not resume(run) and chain is not None:
         continue_chain(run, chain)
     # After the checkpoint is loaded, so the features come from the restored backbone.
@@ -210,7 +222,7 @@ def set_up(settings: dict, data_path: str | Path, outputs: RunOutputs, weights_d
     recipe = settings["recipe"]
     capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
     speed = effective_speed(settings["speed"], device.type, any(isinstance(m, nn.Conv2d) for m in model.modules()),
-                            capability)
+                            capability, recipe["optimizer"])
     if device.type == "cuda":
         # Set both ways: torch's own default allows TF32 in cuDNN convolutions, which the papers' fp32 did not use.
         torch.backends.cudnn.benchmark = speed["cudnn_benchmark"]
@@ -219,11 +231,10 @@ def set_up(settings: dict, data_path: str | Path, outputs: RunOutputs, weights_d
     model = model.to(device, memory_format=torch.channels_last if speed["channels_last"] else torch.preserve_format)
     trainable = [p for p in model.parameters() if p.requires_grad]
     sha = data_sha256(data_path)
-    run = Run(settings, outputs, device, generator, splits, model, trainable, make_optimizer(trainable, recipe),
+    optimizer = make_optimizer(trainable, recipe, speed["fused_optimizer"])
+    run = Run(settings, outputs, device, generator, splits, model, trainable, optimizer,
               schedules.make_schedule(recipe), make_loss(recipe["loss"], settings["num_classes"]), speed, numerics,
-              fingerprint(settings, sha, device),
-              checkpoint.frozen_digest(model),
-              sha, started)
+              fingerprint(settings, sha, device), checkpoint.frozen_digest(model), sha, started)
     run.eval_every = effective_eval_every(recipe)
     log.info("run %s on %s (%s): %d train / %d eval / %d test images, %d of %d parameters trainable",
              settings["run_id"], device, device_name(device), len(splits["train"]), len(splits["eval"]),
@@ -253,6 +264,7 @@ def restore(run: Run, ckpt: dict) -> None:
     run.history, run.best_state, run.best_epoch = ckpt["history"], ckpt["best_state"], ckpt["best_epoch"]
     run.epoch, run.seconds_before = ckpt["epoch"], ckpt["train_seconds"]
     run.continued_from = ckpt["continued_from"]
+    run.nondeterministic_ops.update(ckpt.get("nondeterministic_ops", ()))
 
 
 def resume(run: Run) -> bool:
@@ -329,7 +341,7 @@ def run_epoch(run: Run) -> float:
            "epoch_seconds": seconds}
     run.history.append({**row, "stop": decision.stop, "stop_reason": decision.reason})
     if decision.best and run.recipe["select"] == "best":
-        run.best_state, run.best_epoch = checkpoint.mutable_state(run.model, clone=True), epoch
+        run.best_state, run.best_epoch = checkpoint.cpu_copy(checkpoint.mutable_state(run.model)), epoch
     for group in optimizer.param_groups:
         group["lr"] = decision.lr
     remaining = (run.max_epochs - epoch) * (sum(h["epoch_seconds"] for h in run.history) / len(run.history))
@@ -348,7 +360,7 @@ def save_checkpoint(run: Run) -> None:
                     optimizer=run.optimizer.state_dict(), schedule=run.schedule.state_dict(),
                     rng=checkpoint.rng_state(run.generator, run.device), history=run.history,
                     best_state=run.best_state, best_epoch=run.best_epoch, train_seconds=run.train_seconds(),
-                    continued_from=run.continued_from)
+                    continued_from=run.continued_from, nondeterministic_ops=sorted(run.nondeterministic_ops))
 
 
 def evaluate_split(run: Run, split_name: str) -> dict:
@@ -391,30 +403,45 @@ def train_one_epoch(model, split: Split, optimizer, criterion, batch_size: int, 
                     epoch_loss: str = "batch_mean") -> tuple[float, float]:
     """One pass over ``split``; returns (epoch loss, accuracy). The epoch loss is the plain mean of the batch
     losses (``batch_mean``, what seed 002's plateau rule reads) or each batch weighted by its size
-    (``sample_mean``, what Keras logs: they differ when the last batch is smaller)."""
+    (``sample_mean``, what Keras logs: they differ when the last batch is smaller).
+
+    A step costs what the model costs: nothing is entered or added per step beyond the forward, backward and
+    optimizer step but one argmax; the losses and predictions are kept and summed once after the epoch."""
     model.train()
     models.set_bn_mode(model, bn_frozen)
     device = split.x.device
-    total_loss = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    batches = seen = 0
-    weighted = epoch_loss == "sample_mean"
+    losses, sizes, predictions, labels = [], [], [], []
     bar = ProgressBar(math.ceil(len(split) / batch_size), desc)
-    for x, y in split.batches(batch_size, generator, train=True):
-        with explain_out_of_memory(batch_size, "recipe.batch_size", device):
-            with autocast(device, amp):
+    progress_loss = (lambda: float(torch.stack(losses).float().mean())) if bar.enabled else None
+    # bf16 autocast only when asked: a disabled torch.autocast still costs a context per step.
+    precision = (lambda: autocast(device, True)) if amp else contextlib.nullcontext
+    with explain_out_of_memory(batch_size, "recipe.batch_size", device):
+        for x, y in split.batches(batch_size, generator, train=True):
+            with precision():
                 logits = model(to_format(x, channels_last))
                 loss = criterion(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-        optimizer.step()
-        total_loss += loss.detach() * len(y) if weighted else loss.detach()
-        correct += (logits.detach().argmax(1) == y).sum()
-        batches += 1
-        seen += len(y)
-        bar.update(batches, lambda: float(total_loss) / (seen if weighted else batches))
+            optimizer.step()
+            losses.append(loss.detach())
+            sizes.append(len(y))
+            predictions.append(logits.detach().argmax(1))
+            labels.append(y)
+            bar.update(len(losses), progress_loss)
     bar.close()
-    return float(total_loss) / max(seen if weighted else batches, 1), float(correct) / max(len(split), 1)
+    if not losses:
+        return 0.0, 0.0
+    correct = int((torch.cat(predictions) == torch.cat(labels)).sum())
+    return epoch_mean(torch.stack(losses), sizes, epoch_loss == "sample_mean"), correct / len(split)
+
+
+def epoch_mean(losses: torch.Tensor, sizes: list[int], weighted: bool) -> float:
+    """The batch losses' mean (weighted by batch size when ``weighted``), summed one batch after another in the
+    losses' precision: the number a running on-device sum gives, bit for bit."""
+    if weighted:
+        losses = losses * torch.tensor(sizes, device=losses.device)
+    running = np.add.accumulate(losses.float().cpu().numpy())
+    return float(running[-1]) / (sum(sizes) if weighted else len(sizes))
 
 
 @torch.no_grad()
@@ -532,7 +559,8 @@ def leave_final_state(run: Run, not_kept: str | None) -> None:
 
 def _speed_record(run: Run) -> dict:
     return {**run.speed, "feature_cache": run.stage.cached, "feature_cache_reason": run.stage.reason,
-            "numerics": run.numerics, "deviations": deviations(run.numerics)}
+            "numerics": {**run.numerics, "nondeterministic_ops": sorted(run.nondeterministic_ops)},
+            "deviations": deviations(run.numerics)}
 
 
 def write_diverged(run: Run, loss: float) -> dict:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from cnnrepro import models
-from cnnrepro.engine.recipe import effective_speed
+from cnnrepro.engine.recipe import SPEED_SWITCHES, effective_speed
 from cnnrepro.plan.cost import model_cost, settings_cost, stages
 from cnnrepro.runtime.device import cpu_name
 
@@ -88,8 +88,7 @@ class Rate:
 def gpu_rate(name: str, speed: dict | None = None) -> Rate:
     """The rate of GPU ``name`` under the config's ``speed`` switches (fp32 unless TF32/bf16 are on and exist)."""
     device = DEVICES[name]
-    speed = {"channels_last": False, "amp_bf16": False, "tf32": False, "cudnn_benchmark": False, "compile": False,
-             **(speed or {})}
+    speed = {**dict.fromkeys(SPEED_SWITCHES, False), **(speed or {})}
     used = effective_speed(speed, "cuda", True, device.capability)
     if used["amp_bf16"] and device.bf16:
         peak, fmt, eff = device.bf16, "bf16 tensor cores (speed.amp_bf16)", TENSOR_EFFICIENCY

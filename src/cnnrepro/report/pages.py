@@ -28,7 +28,7 @@ from cnnrepro.report.table_view import MISSING, VERDICT_SYMBOLS, NumberCell, as_
 from cnnrepro.runtime import io
 from cnnrepro.tables import assumptions
 from cnnrepro.tables import verdicts as vd
-from cnnrepro.tables.aggregate import aggregate_study
+from cnnrepro.tables.aggregate import NO_NONDETERMINISTIC_OPS, aggregate_study
 from cnnrepro.tables.gather import gather
 from cnnrepro.tables.layout import study_tables, table_name
 from cnnrepro.tables.summary import PathLike, load_summaries
@@ -46,6 +46,16 @@ def _relative(path: PathLike, folder: Path) -> str:
     return Path(os.path.relpath(Path(path).resolve(), folder.resolve())).as_posix()
 
 
+def _deterministic_text(ops: str | None, deviations: str) -> str:
+    """The runs table's determinism cell, from runs.csv's nondeterministic_ops and deviations."""
+    if not ops:
+        return MISSING  # a record from before ops were recorded
+    # cudnn.benchmark times the algorithms at every start: two runs may pick different ones.
+    reasons = [] if ops == NO_NONDETERMINISTIC_OPS else [ops]
+    reasons += ["cudnn.benchmark"] if "cudnn.benchmark" in deviations.split(", ") else []
+    return f"no: {', '.join(reasons)}" if reasons else "yes"
+
+
 def _runs_view(runs: pd.DataFrame, study: str, folder: Path) -> list[dict]:
     rows = []
     for record in runs[runs["study"] == study].to_dict("records") if "study" in runs else []:
@@ -59,6 +69,7 @@ def _runs_view(runs: pd.DataFrame, study: str, folder: Path) -> list[dict]:
             "device": record.get("device_name") or MISSING,
             "precision": record.get("precision") or MISSING,
             "deviations": record.get("deviations") or "",
+            "deterministic": _deterministic_text(record.get("nondeterministic_ops"), record.get("deviations") or ""),
             "epochs": record.get("epochs_run") or "",
             "seconds": "" if seconds is None else f"{seconds:.0f}",
             "top1": "" if top1 is None else f"{top1:.2f}",

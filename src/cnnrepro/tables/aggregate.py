@@ -36,9 +36,11 @@ from cnnrepro.tables.summary import RUN_FIELDS, PathLike, load_summaries
 log = logging.getLogger(__name__)
 
 
+# runs.csv's nondeterministic_ops of a run in which torch warned of no op without a deterministic implementation.
+NO_NONDETERMINISTIC_OPS = "none"
 # The first columns of runs.csv: what a run is, how it ended, where and in what it computed, and its log.
 RUN_COLUMNS = ["run_id", *RUN_FIELDS, "assumption", "status", "device", "device_name", "precision", "deviations",
-               "epochs_run", "train_seconds", "started_at", "finished_at", "log"]
+               "nondeterministic_ops", "epochs_run", "train_seconds", "started_at", "finished_at", "log"]
 
 
 def flat_runs(summaries: list[dict]) -> pd.DataFrame:
@@ -46,6 +48,8 @@ def flat_runs(summaries: list[dict]) -> pd.DataFrame:
     for s in summaries:
         row = {k: v for k, v in s.items() if not isinstance(v, dict)}
         row["deviations"] = ", ".join(s.get("deviations") or [])
+        if s.get("nondeterministic_ops") is not None:  # an empty cell: not recorded (a record from before)
+            row["nondeterministic_ops"] = ", ".join(s["nondeterministic_ops"]) or NO_NONDETERMINISTIC_OPS
         if s.get("assumption"):  # only a sweep's runs: runs.csv without a sweep is as before
             row["assumption"] = f"{s['assumption']['key']}={s['assumption']['value']}"
         row.update({f"recipe.{k}": v for k, v in s.get("recipe", {}).items() if not isinstance(v, (list, dict))})

@@ -74,6 +74,8 @@ def summarize(record: dict, bench_cpu: dict | None = None, bench_gpu: dict | Non
                # Provenance of the run, for the report's run list.
                run_id=record.get("run_id") or settings.get("run_id"), device=record.get("device"),
                precision=((record.get("speed") or {}).get("numerics") or {}).get("precision"),
+               # The ops torch ran without a deterministic implementation; None: not recorded (older records).
+               nondeterministic_ops=((record.get("speed") or {}).get("numerics") or {}).get("nondeterministic_ops"),
                torch_version=record.get("torch_version"), python_version=record.get("python_version"),
                threads=record.get("threads"), host=record.get("host"))
     if settings.get("assumption"):  # a sweep's run: which assumption's alternative it tries

@@ -198,6 +198,7 @@ def test_the_smoke_report_reads_in_a_browser_and_compiles_to_pdf(smoke, tmp_path
         assert pdf.is_file() and pdf.read_bytes().startswith(b"%PDF"), pdf
     measured = check_in_browser(results / "report" / "index.html", tmp_path)  # skips without Chromium
     assert int(measured["grid-tables"]) == sum(len(s["tables"]) for s in config["studies"].values())
+    assert int(measured["assumption-tables"]) == sum(1 for s in config["studies"].values() if s.get("assumptions"))
 
 
 @pytest.mark.e2e

@@ -24,7 +24,8 @@ PROBE = """<script>
     if (t.getBoundingClientRect().right > width + 0.5) { wide.push(t.previousElementSibling.previousElementSibling.id); }
   });
   body.setAttribute("data-wide-tables", wide.join(" "));
-  body.setAttribute("data-grid-tables", document.querySelectorAll("table.grid").length);
+  body.setAttribute("data-grid-tables", document.querySelectorAll("table.grid:not(.assumed)").length);
+  body.setAttribute("data-assumption-tables", document.querySelectorAll("table.grid.assumed").length);
   var th = document.querySelector("table.runs thead th");
   if (th) { th.click(); body.setAttribute("data-sorted", th.getAttribute("aria-sort")); }
 })();
@@ -83,4 +84,6 @@ def test_the_full_report_reads_at_1366_px_without_errors(raw_config, tmp_path):
     measured = check_in_browser(tmp_path / "out" / "report" / "index.html", tmp_path)
     tables = sum(len(study["tables"]) for study in config["studies"].values())
     assert int(measured["grid-tables"]) == tables
+    declaring = sum(1 for study in config["studies"].values() if study.get("assumptions"))
+    assert declaring and int(measured["assumption-tables"]) == declaring  # one unstated-settings table per study
     assert measured["sorted"] == "ascending"  # the runs table's script ran

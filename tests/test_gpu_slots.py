@@ -1,4 +1,5 @@
-"""One GPU per job: lock-file slots on fake GPUs (CUDA_VISIBLE_DEVICES lists them), no GPU needed."""
+"""One GPU per job, or up to k small jobs per GPU: lock-file slots on fake GPUs (CUDA_VISIBLE_DEVICES lists them), no
+GPU needed."""
 
 import logging
 import os
@@ -17,9 +18,8 @@ from cnnrepro.runtime import gpu_slots
 @pytest.fixture
 def release_all():
     yield
-    for handle in list(gpu_slots._held):
-        gpu_slots._held.remove(handle)
-        handle.close()
+    for slot in list(gpu_slots._held):
+        gpu_slots.release(slot)
 
 
 def test_gpus_come_from_cuda_visible_devices_else_the_query():
@@ -59,10 +59,10 @@ HOLDER = textwrap.dedent("""
     from pathlib import Path
     from cnnrepro.runtime import gpu_slots
 
-    slot_dir, out, log = sys.argv[1:4]
+    slot_dir, out, log = sys.argv[1:4]  # then the visible GPUs and how many jobs may share one
     logging.basicConfig(filename=log, level=logging.INFO)
-    env = {"CUDA_VISIBLE_DEVICES": "0,1"}
-    slot = gpu_slots.acquire("auto", env, slot_dir, poll=0.05)
+    env = {"CUDA_VISIBLE_DEVICES": sys.argv[4]}
+    slot = gpu_slots.acquire("auto", env, slot_dir, poll=0.05, share=int(sys.argv[5]))
     Path(out).write_text(env["CUDA_VISIBLE_DEVICES"])
     time.sleep(120)
 """)
@@ -77,13 +77,20 @@ def _wait_for(predicate, what: str, seconds: float = 60):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def start_holder(procs: list, tmp_path: Path, name: str, gpus: str, share: int):
+    """A process that takes a slot (among ``gpus``, sharing with up to ``share`` jobs), writes its GPU to
+    ``<name>.slot`` and holds it; its log in ``<name>.log``."""
+    out, log = tmp_path / f"{name}.slot", tmp_path / f"{name}.log"
+    procs.append(subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path / "slots"), str(out), str(log), gpus,
+                                   str(share)]))
+    return procs[-1], out, log
+
+
 def test_processes_never_share_a_gpu_and_a_killed_holder_frees_its_slot(tmp_path):
     procs = []
 
     def start(name):
-        out, log = tmp_path / f"{name}.slot", tmp_path / f"{name}.log"
-        procs.append(subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path / "slots"), str(out), str(log)]))
-        return procs[-1], out, log
+        return start_holder(procs, tmp_path, name, "0,1", 1)
 
     try:
         (a, a_out, _), (b, b_out, _) = start("a"), start("b")
@@ -98,6 +105,71 @@ def test_processes_never_share_a_gpu_and_a_killed_holder_frees_its_slot(tmp_path
         _wait_for(c_out.exists, "the waiting job to get the dead job's slot")
         assert c_out.read_text() == a_out.read_text()
         assert b.poll() is None  # the other holder is untouched
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=30)
+
+
+def test_up_to_k_sharing_jobs_hold_one_gpu_and_the_next_one_takes_the_next_gpu_or_waits(tmp_path, caplog,
+                                                                                      release_all):
+    one_gpu = [{"CUDA_VISIBLE_DEVICES": "0"} for _ in range(4)]
+    sharers = [gpu_slots.acquire("auto", env, tmp_path, share=3) for env in one_gpu[:3]]
+    assert [slot.gpu for slot in sharers] == ["0", "0", "0"]
+    assert len({slot.lock_files for slot in sharers}) == 3  # each its own share of the GPU
+    with caplog.at_level(logging.INFO, logger="cnnrepro.runtime.gpu_slots"):
+        with pytest.raises(TimeoutError):
+            gpu_slots.acquire("auto", one_gpu[3], tmp_path, share=3, poll=0.01, timeout=0.1)
+    assert "waiting for a free GPU slot (a GPU up to 3 jobs share)" in caplog.text
+    assert f"GPU 0: shared by pid {os.getpid()}, pid {os.getpid()}, pid {os.getpid()}" in caplog.text
+    gpu_slots.release(sharers[1])
+    assert gpu_slots.acquire("auto", one_gpu[3], tmp_path, share=3).gpu == "0"
+    # With two GPUs, the first fills before the second is touched: whole GPUs stay free for jobs alone.
+    two_gpus = tmp_path / "two"
+    slots = [gpu_slots.acquire("auto", {"CUDA_VISIBLE_DEVICES": "0,1"}, two_gpus, share=2) for _ in range(3)]
+    assert [slot.gpu for slot in slots] == ["0", "0", "1"]
+
+
+def test_a_job_alone_waits_until_no_sharer_holds_the_gpu_and_sharers_wait_while_it_runs(tmp_path, caplog,
+                                                                                     release_all):
+    env = {"CUDA_VISIBLE_DEVICES": "0"}
+    first, second = (gpu_slots.acquire("auto", dict(env), tmp_path, share=2) for _ in range(2))
+    with caplog.at_level(logging.INFO, logger="cnnrepro.runtime.gpu_slots"):
+        gpu_slots.release(first)
+        with pytest.raises(TimeoutError):  # one sharer is enough to keep it out
+            gpu_slots.acquire("cuda", dict(env), tmp_path, poll=0.01, timeout=0.1)
+        gpu_slots.release(second)
+        alone = gpu_slots.acquire("cuda", dict(env), tmp_path)
+        assert alone.gpu == "0" and alone.share == 1
+        for share in (2, 4):  # no sharer gets in, whatever its k
+            with pytest.raises(TimeoutError):
+                gpu_slots.acquire("auto", dict(env), tmp_path, share=share, poll=0.01, timeout=0.1)
+        with pytest.raises(TimeoutError):
+            gpu_slots.acquire("auto", dict(env), tmp_path, poll=0.01, timeout=0.1)
+    assert f"GPU 0: pid {os.getpid()} alone" in caplog.text
+    gpu_slots.release(alone)
+    assert gpu_slots.acquire("auto", dict(env), tmp_path, share=2).gpu == "0"
+
+
+def test_sharing_processes_hold_one_gpu_and_a_killed_sharer_frees_its_share(tmp_path):
+    procs = []
+    try:
+        (a, a_out, _), (b, b_out, _) = (start_holder(procs, tmp_path, name, "0", 2) for name in ("a", "b"))
+        _wait_for(lambda: a_out.exists() and b_out.exists(), "two sharers to get the one GPU")
+        assert a_out.read_text() == b_out.read_text() == "0"
+        c, c_out, c_log = start_holder(procs, tmp_path, "c", "0", 2)
+        alone, alone_out, alone_log = start_holder(procs, tmp_path, "alone", "0", 1)
+        _wait_for(lambda: all(log.exists() and "waiting for a free GPU slot" in log.read_text()
+                              for log in (c_log, alone_log)), "the third sharer and a job alone to log that they wait")
+        a.send_signal(signal.SIGKILL)  # dies holding its share: the kernel releases both of its locks
+        a.wait(timeout=30)
+        _wait_for(c_out.exists, "the waiting sharer to get the dead sharer's share")
+        assert not alone_out.exists()  # b and c still share the GPU
+        for proc in (b, c):
+            proc.kill()
+            proc.wait(timeout=30)
+        _wait_for(alone_out.exists, "the job alone to get the GPU once no sharer holds it")
     finally:
         for proc in procs:
             if proc.poll() is None:

@@ -3,6 +3,7 @@ GPU needed."""
 
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cnnrepro.runtime import gpu_slots
 
@@ -185,3 +187,84 @@ def test_the_workflow_scripts_take_a_slot_before_training_or_timing_on_the_gpu()
         work = "train_run(sm" if script == "train.py" else "benchmark_job("
         assert text.index("gpu_slots.acquire(") < text.index(work)
     assert Path(gpu_slots.default_slot_dir()).name.startswith("cnnrepro-gpu-slots")
+
+
+# ------------------------------------------------------------------------ the workflow, small runs sharing a GPU
+def sharing_overlay(gpu_memory_gib: float) -> dict:
+    """Three small runs (an FCNN, 23 MiB planned) and a large one (a CNN, 91 MiB) on synthetic MNIST, one epoch."""
+    recipe = {"optimizer": "adam", "lr": 1.0e-3, "batch_size": 16, "schedule": "constant", "epochs": 1}
+    study = {"datasets": ["mnist"], "input": {"normalization": "mnist"}, "recipe": recipe, "benchmark": False}
+    return {"results": "results/sharing", "device": "auto", "train_threads": 1, "job_server": True,
+            "gpu_share": 3, "gpu_memory_gib": gpu_memory_gib,
+            "data": {"source": "synthetic", "synthetic_train": 256, "synthetic_test": 128},
+            "limits": {"max_epochs": 1, "input_size": 32, "pretrained": False},
+            "studies": {"small": {**study, "title": "three small runs", "models": ["fcnn"], "seeds": [0, 1, 2]},
+                        "large": {**study, "title": "one larger run", "models": ["cnn"], "seeds": [0]}}}
+
+
+def train_jobs(output: str) -> tuple[dict, list]:
+    """Snakemake's log of a run: each train job's (model, resources), and the order its jobs started and ended
+    in, as ("start" | "end", jobid)."""
+    jobs, events, rule, jobid = {}, [], None, None
+    for line in output.splitlines():
+        if started := re.match(r"\s*(?:local)?rule (\w+):", line):
+            rule, jobid = started.group(1), None
+        elif (number := re.match(r"\s+jobid: (\d+)", line)) and rule == "train":
+            jobid = int(number.group(1))
+            events.append(("start", jobid))
+        elif jobid is not None and (wildcards := re.match(r"\s+wildcards: .*model=(\w+)", line)):
+            jobs[jobid] = [wildcards.group(1), None]
+        elif jobid is not None and line.strip().startswith("resources:"):
+            jobs[jobid][1] = line.strip()
+        elif ended := re.match(r"Finished jobid: (\d+) \(Rule: train\)", line):
+            events.append(("end", int(ended.group(1))))
+    return jobs, events
+
+
+@pytest.mark.e2e
+def test_the_workflow_runs_small_runs_together_on_one_gpu_and_a_large_run_alone(tmp_path):
+    """The real snakemake with gpu_share 3 on one fake GPU (torch finds no driver and trains on the CPU): the
+    workflow derives the GPU shares from --resources gpu=1 (profiles/default), starts the three small runs at once
+    and the large one never beside them, and each job's slot says how it holds the GPU."""
+    from cnnrepro.plan import share
+    from tests.test_e2e import copy_workflow
+
+    (tmp_path / "workflow").mkdir()
+    workdir = copy_workflow(tmp_path / "workflow", keep_studies=())
+    # The GPU memory in which three FCNNs with a CUDA context each fit, and no CNN.
+    memory = 3 * (share.CUDA_CONTEXT_BYTES + 50 * 2**20) / share.MEMORY_HEADROOM / 2**30
+    (workdir / "sharing.yaml").write_text(yaml.safe_dump(sharing_overlay(memory)))
+    env = {**os.environ, "PYTHONPATH": str(workdir / "src"), "CUDA_VISIBLE_DEVICES": "0",
+           gpu_slots.SLOT_DIR_ENV: str(tmp_path / "slots")}
+
+    def snakemake(*args):
+        result = subprocess.run(["snakemake", "--cores", "3", "--configfile", "sharing.yaml", "--until", "train",
+                                 *args], cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return result.stdout + result.stderr
+
+    # Without sharing every training job holds a GPU alone, as it always did: no share, no shard.
+    unshared, _ = train_jobs(snakemake("-n", "--config", "gpu_share=1"))
+    assert len(unshared) == 4 and all(", gpu=1, runtime=" in res for _, res in unshared.values()), unshared
+    output = snakemake()
+    provided = next(line for line in output.splitlines() if line.startswith("Provided resources:"))
+    assert re.search(r'gpu_shares=(Resource\("gpu_shares", )?3\b', provided), provided  # 3 per --resources gpu
+    jobs, events = train_jobs(output)
+    small = {jobid for jobid, (model, _) in jobs.items() if model == "fcnn"}
+    [large] = {jobid for jobid, (model, _) in jobs.items() if model == "cnn"}
+    assert all(f"gpu=0, gpu_shares=1, gres={share.SLURM_SHARD}," in jobs[jobid][1] for jobid in small), jobs
+    assert "gpu=1, gpu_shares=3," in jobs[large][1] and "gres" not in jobs[large][1], jobs
+    running, together = set(), []
+    for event, jobid in events:
+        running = running | {jobid} if event == "start" else running - {jobid}
+        assert not (large in running and running & small), events  # the large run never beside a small one
+        together.append(len(running & small))
+    assert max(together) == 3, events
+    logs = workdir / "results" / "sharing" / "logs" / "train"
+    for study, model, seeds, holds in (("small", "fcnn", 3, "sharing it with up to 2 other job(s)"),
+                                       ("large", "cnn", 1, "alone")):
+        for seed in range(seeds):
+            log = (logs / study / "mnist" / model / "none" / "base" / f"seed{seed}.log").read_text()
+            assert f"GPU slot: using GPU 0 of 0, {holds}" in log, log[:2000]
+            assert (workdir / "results" / "sharing" / "runs" / study / "mnist" / model / "none" / "base" /
+                    f"seed{seed}" / "metrics.json").is_file()

@@ -129,8 +129,9 @@ class GpuWalls:
         if not self.shown:
             return []
         walls = " / ".join(self._column(n) for n in self.gpu_counts)
-        lines = [f"{walls}: the runs as configured on {' / '.join(map(str, self.gpu_counts))} GPU(s), the head of "
-                 "the longest chain of runs first (time_* adds up each run alone, one after another)"]
+        counts = " / ".join(map(str, self.gpu_counts)) + (" GPUs" if len(self.gpu_counts) > 1 else " GPU")
+        lines = [f"{walls}: the runs as configured on {counts}, the head of the longest chain of runs first "
+                 "(time_* adds up each run alone, one after another)"]
         if self.share > 1:
             lines.append(f"gpu_share {self.share}: a run planned at most {self.budget_gib:.2f} GiB of device memory "
                          f"({self.share} of them with a CUDA context each fit in {share.MEMORY_HEADROOM:.0%} of "

@@ -204,3 +204,81 @@ def test_snakemake_stops_a_long_cpu_only_run_before_any_job(tmp_path):
     output = result.stdout + result.stderr
     assert "Stopped before any job" in output and "allow_slow=true" in output
     assert not (tmp_path / "results").exists() and not (workdir / "data").exists()
+
+
+# ------------------------------------------------------------------------------------------ small runs sharing a GPU
+SEED003 = "seed003_kmnist_fcnn_cnn"
+
+
+def test_only_runs_whose_planned_memory_fits_k_times_in_the_gpu_share_one(configured):
+    from cnnrepro.plan import share
+
+    config, by_run = configured
+    plans = runs.plan_runs(config, runs.configured_savings(config), by_run)
+
+    def sharing(**overrides):
+        changed = {**config, **overrides}
+        return {p.run_id for p in plans if share.shares_gpu(changed, by_run[p.run_id], p.device_bytes)}
+
+    assert config["gpu_share"] == 1 and sharing() == set()  # the default: every GPU job alone, as before
+    # Four to a T4's 16 GiB (the default gpu_memory_gib): seed 003's runs (0.1-0.6 GiB planned) share, seed 000's
+    # ResNets (3.2 GiB with batch 512 at 224 px, and a CUDA context) do not.
+    four = sharing(gpu_share=4)
+    assert {p.run_id for p in plans if p.study == SEED003} <= four
+    assert not {p.run_id for p in plans if p.study == "seed000_resnet_mnist"} & four
+    assert four > sharing(gpu_share=8) and sharing(gpu_share=4, gpu_memory_gib=80) == {p.run_id for p in plans}
+    small = next(p for p in plans if p.study == SEED003)
+    assert not share.shares_gpu({**config, "gpu_share": 4}, {**by_run[small.run_id], "device": "cpu"},
+                                small.device_bytes)  # a run pinned to the CPU holds no GPU at all
+    for p in plans:  # the rule itself: the planned memory with a CUDA context, k times, in 90 % of the GPU
+        fits = 4 * (p.device_bytes + share.CUDA_CONTEXT_BYTES) <= share.MEMORY_HEADROOM * 16 * 2**30
+        assert (p.run_id in four) == fits, p.run_id
+
+
+def test_the_wall_clock_overlaps_the_launches_of_sharing_runs_but_not_their_arithmetic():
+    from cnnrepro.plan.share import GpuJob, wall_seconds
+
+    launch_bound = [GpuJob(f"small{i}", 100, 10, shares=True) for i in range(4)]  # the GPU computes 10 s of 100
+    compute_bound = [GpuJob(f"busy{i}", 100, 90, shares=True) for i in range(4)]
+    alone = GpuJob("large", 200, 190, shares=False)
+    assert wall_seconds(launch_bound + [alone], gpus=1, share=1) == pytest.approx(600)  # one after another
+    assert wall_seconds(launch_bound, 1, 4) == pytest.approx(100)  # four at once, each as fast as alone
+    assert wall_seconds(launch_bound, 1, 2) == pytest.approx(200)  # two at a time
+    assert wall_seconds(compute_bound, 1, 4) == pytest.approx(360)  # their FLOPs take turns: 4 x 90 s
+    assert wall_seconds(launch_bound + [alone], 1, 4) == pytest.approx(300)  # the large run holds the GPU alone
+    assert wall_seconds(launch_bound + [alone], 2, 4) == pytest.approx(200)  # side by side on two GPUs
+    # A run continuing another (epoch grid chaining) starts when it has ended, on whichever GPU.
+    chain = [GpuJob("first", 100, 100, False), GpuJob("then", 50, 50, False, after="first"),
+             GpuJob("other", 120, 0, False)]
+    assert wall_seconds(chain, 2, 1) == pytest.approx(150) and wall_seconds(chain, 1, 1) == pytest.approx(270)
+    assert wall_seconds([], 3, 4) == 0
+
+
+def test_the_plans_wall_clock_on_one_and_on_n_gpus_moves_with_gpu_share(configured, raw_config):
+    from cnnrepro import cli, startup
+
+    rate = rates.gpu_rate("h100")
+
+    def plan(gpu_share, gpus=1):
+        checked = startup.check({**raw_config, "gpu_share": gpu_share})
+        header, rows, studies = cli.plan_tables(checked, "h100", 10, rate=rate, gpus=gpus)
+        config = checked.config
+        walls = cli.GpuWalls(checked, runs.plan_runs(config, runs.configured_savings(config), checked.settings),
+                             rate, gpus)
+        return header, rows, studies, walls
+
+    header, rows, studies, walls = plan(1)
+    assert "gpu" not in rows[0] and not any("wall_" in key for key in studies[-1])  # without sharing: as before
+    seed003_alone = sum(p.seconds(rate) for p in walls.plans if p.study == SEED003)
+    assert walls.seconds(SEED003, 1) == pytest.approx(seed003_alone)  # one GPU, no sharing: one run after another
+    _, _, studies, walls_two = plan(1, gpus=2)
+    assert {"wall_1gpu", "wall_2gpus"} <= set(studies[-1]) and walls_two.seconds(None, 2) < walls.seconds(None, 1)
+    seconds = {}
+    for k in (2, 4):
+        header, rows, studies, walls = plan(k, gpus=2)
+        assert {row["gpu"] for row in rows if row["run"].startswith(SEED003)} == {"shared"}
+        assert any(line.startswith(f"gpu_share {k}:") for line in header)
+        seconds[k] = (walls.seconds(SEED003, 1), walls.seconds(None, 1), walls.seconds(None, 2))
+    # Seed 003's five launch-bound runs, four at a time, take about half as long as one after another.
+    assert seed003_alone > seconds[2][0] > seconds[4][0] and seconds[4][0] < 0.6 * seed003_alone
+    assert seconds[2][1] > seconds[4][1] and seconds[4][2] < seconds[4][1]

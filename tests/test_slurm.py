@@ -18,6 +18,7 @@ import re
 import subprocess
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -227,6 +228,37 @@ def test_a_request_no_node_can_satisfy_names_the_rule_the_request_and_the_larges
     assert "60 min" in message and "time limit 30 min" in message
     [message] = slurm.problems([slurm.request_of("rule x", {"slurm_partition": "gpus"}, 1)], partitions, default)
     assert "partition 'gpus', which this cluster does not have (sinfo lists: cpu, gpu, short)" in message
+
+
+def test_a_run_sharing_a_gpu_asks_for_a_shard_which_only_nodes_with_shards_satisfy():
+    from cnnrepro.plan import share
+
+    partitions, default = slurm.parse_sinfo("g1|gpu|16|64000|gpu:a100:2(S:0-1),shard:8(S:0-1)|infinite\n"
+                                            "g2|gpu|16|64000|gpu:2|infinite\n"
+                                            "g3|plain|16|64000|gpu:2|infinite\n")
+    assert [node.shards for node in partitions["gpu"]] == [8, 0] and partitions["gpu"][0].gpus == {"a100": 2}
+    # What workflow/rules/engine.smk asks for a sharing run: no GPU of its own, one shard.
+    sharing = {"slurm_partition": "gpu", "gpu": 0, "gres": share.SLURM_SHARD, "cpus_per_task": 4}
+    request = slurm.request_of("rule train", sharing, threads=1)
+    assert (request.gpus, request.shards, request.cpus) == (0, 1, 4)
+    assert slurm.problems([request], partitions, default) == []
+    [message] = slurm.problems([slurm.request_of("rule train", {**sharing, "slurm_partition": "plain"}, 1)],
+                               partitions, default)
+    assert message.startswith("rule train asks partition 'plain' for 4 CPUs, 1 GPU shard")
+    assert "No node there offers GPU shards" in message and "gpu_share: 1" in message
+
+
+def test_the_slurm_plugin_submits_a_sharing_run_with_a_shard_and_no_gpu():
+    from cnnrepro.plan import share
+
+    utils = pytest.importorskip("snakemake_executor_plugin_slurm.utils", reason=str(PLUGIN_MISSING))
+
+    def submitted(resources: dict) -> list:
+        return utils.set_gres_string(SimpleNamespace(resources=SimpleNamespace(**resources, get=resources.get))).split()
+
+    # What workflow/rules/engine.smk asks for a sharing run and a run alone (--gres is not allowed in slurm_extra).
+    assert submitted({"gpu": 0, "gres": share.SLURM_SHARD}) == ["--gres=shard:1"]
+    assert submitted({"gpu": 1}) == ["--gpus=1"]
 
 
 # ---------------------------------------------------------------------------- the real SLURM (slow, root)

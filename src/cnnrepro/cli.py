@@ -10,7 +10,7 @@ import sys
 from cnnrepro import config as cfg
 from cnnrepro import models, startup
 from cnnrepro.engine.recipe import build_run_model
-from cnnrepro.plan import rates, runs
+from cnnrepro.plan import rates, runs, share
 
 
 def model_rows(settings_by_run: dict[str, dict]) -> list[dict]:
@@ -55,10 +55,11 @@ def _duration(seconds: float) -> str:
 EPOCH_BASIS = {"fixed": "", "authors": " (authors)", "cap": " (cap)"}
 
 
-def plan_tables(checked: startup.Checked, device: str, eval_every: int,
-                rate: rates.Rate | None = None) -> tuple[list[str], list[dict], list[dict]]:
+def plan_tables(checked: startup.Checked, device: str, eval_every: int, rate: rates.Rate | None = None,
+                gpus: int = 1) -> tuple[list[str], list[dict], list[dict]]:
     """(header lines, one row per run, one row per study and a total) of `cnnrepro plan`: the runs as the config
-    trains them, and each study without any saving and with every saving that applies."""
+    trains them, and each study without any saving and with every saving that applies; with GPU sharing on or
+    ``gpus`` > 1, which runs share a GPU and the wall clock on one GPU and on ``gpus``."""
     config = checked.config
     rate = rate or runs.rate_for(device, config)
     scenarios = {"none": runs.NO_SAVINGS, "config": runs.configured_savings(config),
@@ -77,6 +78,10 @@ def plan_tables(checked: startup.Checked, device: str, eval_every: int,
                      "TFLOP": round(p.flops / 1e12, 1), "time": _duration(p.seconds(rate)),
                      "seconds": round(p.seconds(rate)), "device_GiB": round(p.device_bytes / 2**30, 2),
                      "mem_mb": p.host_mem_mb})
+    walls = GpuWalls(checked, plans["config"], rate, gpus)
+    header.extend(walls.header())
+    for row in rows:
+        row.update(walls.run_columns(row["run"]))
     sweep = sweep_cost(checked, rate)
     header.append("sweep: what presets/assumptions.yaml adds (each assumption's alternatives, one at a time), "
                   "as configured" + (" (included in the runs above)" if config["sweep_assumptions"] else ""))
@@ -89,6 +94,7 @@ def plan_tables(checked: startup.Checked, device: str, eval_every: int,
             row[f"time_{scenario}"] = _duration(sum(p.seconds(rate) for p in mine))
         count, seconds = sweep.get(name, (0, 0.0))
         row.update(sweep_runs=count, time_sweep=_duration(seconds) if count else "")
+        row.update(walls.study_columns(name))
         studies.append(row)
     total = {"study": "total", "runs": len(plans["config"])}
     for scenario, scenario_plans in plans.items():
@@ -96,10 +102,62 @@ def plan_tables(checked: startup.Checked, device: str, eval_every: int,
         total[f"time_{scenario}"] = _duration(sum(p.seconds(rate) for p in scenario_plans))
     total.update(sweep_runs=sum(count for count, _ in sweep.values()),
                  time_sweep=_duration(sum(seconds for _, seconds in sweep.values())) if sweep else "")
+    total.update(walls.study_columns(None))
     over = [p.run_id for p in plans["config"] if rate.memory_gib and p.device_bytes > rate.memory_gib * 2**30]
     if over:
         header.append(f"over the device's {rate.memory_gib:g} GiB: {', '.join(over)}")
     return header, rows, [*studies, total]
+
+
+class GpuWalls:
+    """The plan's GPU sharing columns (config gpu_share, cnnrepro.plan.share): which runs share a GPU, and the wall
+    clock of the runs as configured on one GPU and on ``gpus``. Shown when sharing is on or ``gpus`` > 1, on a
+    GPU; none otherwise, so the plan of a configuration without sharing reads as before."""
+
+    def __init__(self, checked: startup.Checked, plans: list[runs.RunPlan], rate: rates.Rate, gpus: int):
+        config = checked.config
+        self.share = config["gpu_share"]
+        self.gpu_counts = sorted({1, gpus})
+        self.shown = rate.device != "cpu" and (self.share > 1 or gpus > 1)
+        self.sharing = {p.run_id for p in plans if share.shares_gpu(config, checked.settings[p.run_id], p.device_bytes)}
+        self.jobs = share.gpu_jobs(plans, rate, self.sharing)
+        self.plans = plans
+        self.budget_gib = (share.share_budget_bytes(config) - share.CUDA_CONTEXT_BYTES) / 2**30
+        self.memory_gib = share.gpu_memory_gib(config)
+
+    def header(self) -> list[str]:
+        if not self.shown:
+            return []
+        walls = " / ".join(self._column(n) for n in self.gpu_counts)
+        counts = " / ".join(map(str, self.gpu_counts)) + (" GPUs" if len(self.gpu_counts) > 1 else " GPU")
+        lines = [f"{walls}: the runs as configured on {counts}, the head of the longest chain of runs first "
+                 "(time_* adds up each run alone, one after another)"]
+        if self.share > 1:
+            lines.append(f"gpu_share {self.share}: a run planned at most {self.budget_gib:.2f} GiB of device memory "
+                         f"({self.share} of them with a CUDA context each fit in {share.MEMORY_HEADROOM:.0%} of "
+                         f"{self.memory_gib:g} GiB, gpu_memory_gib) shares a GPU with up to {self.share - 1} others: "
+                         f"{len(self.sharing)} of {len(self.plans)} runs (the gpu column). Assumed, not measured: "
+                         "sharers overlap their start-up and kernel launches, not their FLOPs")
+        return lines
+
+    def run_columns(self, run_id: str) -> dict:
+        if not self.shown or self.share == 1:
+            return {}
+        return {"gpu": "shared" if run_id in self.sharing else "alone"}
+
+    def seconds(self, study: str | None, gpus: int) -> float:
+        """The wall clock of one study's runs, or of all of them (None), on ``gpus`` GPUs."""
+        names = {p.run_id for p in self.plans if study is None or p.study == study}
+        return share.wall_seconds([job for job in self.jobs if job.name in names], gpus, self.share)
+
+    def study_columns(self, study: str | None) -> dict:
+        if not self.shown:
+            return {}
+        return {self._column(n): _duration(self.seconds(study, n)) for n in self.gpu_counts}
+
+    @staticmethod
+    def _column(gpus: int) -> str:
+        return f"wall_{gpus}gpu" + ("s" if gpus > 1 else "")
 
 
 def sweep_cost(checked: startup.Checked, rate: rates.Rate) -> dict[str, tuple[int, float]]:
@@ -132,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     p_plan.add_argument("--eval-every", type=int, default=10,
                         help="eval_every of the 'all savings' column (default 10)")
     p_plan.add_argument("--format", choices=["csv"], help="machine-readable: one row per run")
+    p_plan.add_argument("--gpus", type=int, default=1,
+                        help="also give the wall clock on this many GPUs, with the config's gpu_share (default 1)")
     args = parser.parse_args(argv)
     try:
         checked = startup.load(args.config, args.configfile or [])
@@ -144,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "runs":
         _print([{"run": r.id} | r.wildcards for r in cfg.expand_runs(config)], args.format)
     elif args.command == "plan":
-        header, run_rows, studies = plan_tables(checked, args.device, args.eval_every)
+        if args.gpus < 1:
+            parser.error("--gpus must be 1 or more")
+        header, run_rows, studies = plan_tables(checked, args.device, args.eval_every, gpus=args.gpus)
         if args.format == "csv":
             _print(run_rows, "csv")
         else:

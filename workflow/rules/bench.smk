@@ -41,7 +41,9 @@ rule benchmark_gpu:
         "../../envs/cnnrepro.yaml"
     threads: 1
     resources:
+        # Alone on its GPU, sharing or not: nothing else may run there while latency is measured.
         gpu=gpu_request,
+        gpu_shares=whole_gpu_shares,
         mem_mb=bench_mem_mb,
         runtime=bench_runtime("gpu"),
     params:

@@ -68,3 +68,27 @@ def study_runs(study):
 def gpu_request(wildcards=None):
     # A job pinned to the CPU needs no GPU slot, so CPU-only runs are not serialised by --resources gpu=1.
     return 0 if config["device"] == "cpu" else 1
+
+
+# GPU sharing (config gpu_share k > 1, cnnrepro.plan.share): each GPU has k shares. A job alone on a GPU takes all k
+# of them (gpu=1, gpu_shares=k), a small training run one (gpu=0, gpu_shares=1), so Snakemake starts k small runs or
+# one other job per GPU. Without sharing there is no gpu_shares resource, and every request is as it always was.
+GPU_SHARE = config["gpu_share"]
+
+
+def whole_gpu_shares(wildcards=None):
+    """The GPU shares of a job that holds its GPU alone; None (no such resource) without sharing."""
+    return None if GPU_SHARE == 1 else GPU_SHARE * gpu_request()
+
+
+def global_limit(name):
+    """A global resource's limit (--resources, a profile's resources), None when unlimited. Snakemake 9.0 keeps it
+    as a number, later versions as a Resource."""
+    limit = workflow.global_resources.get(name)
+    return getattr(limit, "value", limit)
+
+
+# The user limits GPUs (`--resources gpu=N`, profiles/default): the shares follow, k per GPU. A cluster run has no
+# GPU limit (Slurm assigns devices and shards), so none is set there.
+if GPU_SHARE > 1 and global_limit("gpu") is not None and global_limit("gpu_shares") is None:
+    workflow.register_resource("gpu_shares", global_limit("gpu") * GPU_SHARE)

@@ -3,7 +3,7 @@ import functools  # noqa: E402
 
 from cnnrepro import models  # noqa: E402
 from cnnrepro.engine import chaining  # noqa: E402
-from cnnrepro.plan import memory, resources, runs  # noqa: E402
+from cnnrepro.plan import memory, resources, runs, share  # noqa: E402
 
 
 def pretrained_weights(wildcards):
@@ -38,6 +38,12 @@ def run_plans():
     return {p.run_id: p for p in runs.plan_runs(config, savings, SETTINGS)}
 
 
+def shares_a_gpu(wildcards):
+    """Whether this run is small enough to share a GPU with other small runs (config gpu_share, cnnrepro.plan.share)."""
+    run_plan = run_plans()[run_id(wildcards)]
+    return share.shares_gpu(config, train_settings(wildcards), run_plan.device_bytes)
+
+
 def train_runtime(wildcards, threads, attempt):
     """Minutes: the run's estimate on the reference device x the safety factor, more at each retry."""
     run_plan = run_plans()[run_id(wildcards)]
@@ -63,7 +69,10 @@ rule train:
         "../../envs/cnnrepro.yaml"
     threads: config["train_threads"]
     resources:
-        gpu=gpu_request,
+        # A run that shares a GPU holds none alone: one of its GPU's shares locally, a shard of one on SLURM.
+        gpu=lambda wildcards: 0 if shares_a_gpu(wildcards) else gpu_request(),
+        gpu_shares=lambda wildcards: 1 if shares_a_gpu(wildcards) else whole_gpu_shares(),
+        gres=lambda wildcards: share.SLURM_SHARD if shares_a_gpu(wildcards) else None,
         mem_mb=lambda wildcards: memory.train_mem_mb(
             train_settings(wildcards), data_settings(wildcards)
         ),

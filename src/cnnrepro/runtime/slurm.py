@@ -28,6 +28,7 @@ class Node:
     memory_mb: int
     gpus: dict = field(default_factory=dict)  # GPU type ("" when untyped) -> count
     time_limit_min: float | None = None  # None: no limit
+    shards: int = 0  # gres/shard: shares of its GPUs that jobs sharing a GPU ask for (GresTypes=gpu,shard)
 
     def gpu_count(self, model: str | None = None) -> int:
         if model:
@@ -36,7 +37,8 @@ class Node:
 
     def describe(self) -> str:
         gpus = ", ".join(f"{count} {model + ' ' if model else ''}GPU" for model, count in sorted(self.gpus.items()))
-        return f"{self.name}: {self.cpus} CPUs, {self.memory_mb} MB" + (f", {gpus}" if gpus else ", no GPU")
+        shards = f", {self.shards} GPU shards" if self.shards else ""
+        return f"{self.name}: {self.cpus} CPUs, {self.memory_mb} MB" + (f", {gpus}" if gpus else ", no GPU") + shards
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class Request:
     gpus: int = 0
     gpu_model: str | None = None
     runtime_min: float | None = None
+    shards: int = 0  # GPU shards (--gres=shard:N): a run sharing a GPU (config gpu_share)
 
     def describe(self) -> str:
         parts = [f"{self.cpus} CPUs"]
@@ -57,6 +60,8 @@ class Request:
             parts.append(f"{self.mem_mb} MB")
         if self.gpus:
             parts.append(f"{self.gpus} {self.gpu_model + ' ' if self.gpu_model else ''}GPU")
+        if self.shards:
+            parts.append(f"{self.shards} GPU shard{'s' if self.shards > 1 else ''}")
         if self.runtime_min:
             parts.append(f"{self.runtime_min:g} min")
         return ", ".join(parts)
@@ -78,19 +83,20 @@ def parse_time_limit(text: str) -> float | None:
     return days * 1440 + hours * 60 + minutes + seconds / 60
 
 
-def parse_gres(text: str) -> dict:
-    """sinfo's %G, e.g. ``gpu:2``, ``gpu:a100:4(S:0-1)``, ``gpu:a100:2,gpu:v100:2,shard:8``, ``(null)``."""
-    gpus: dict = {}
+def parse_gres(text: str, name: str = "gpu") -> dict:
+    """One kind of gres (``gpu``, ``shard``) in sinfo's %G, e.g. ``gpu:2``, ``gpu:a100:4(S:0-1)``,
+    ``gpu:a100:2,gpu:v100:2,shard:8``, ``(null)``: type ("" when untyped) -> count."""
+    counts: dict = {}
     for item in re.split(r",(?![^(]*\))", text.strip()):
         item = re.sub(r"\(.*\)$", "", item.strip())
         fields = item.split(":")
-        if fields[0] != "gpu":
+        if fields[0] != name:
             continue
         model = fields[1] if len(fields) == 3 else ""
         count = fields[-1] if len(fields) >= 2 else "1"
         count = re.match(r"\d+", count)
-        gpus[model] = gpus.get(model, 0) + (int(count.group()) if count else 1)
-    return gpus
+        counts[model] = counts.get(model, 0) + (int(count.group()) if count else 1)
+    return counts
 
 
 def parse_sinfo(text: str) -> tuple[dict, str | None]:
@@ -105,7 +111,7 @@ def parse_sinfo(text: str) -> tuple[dict, str | None]:
             partition = partition[:-1]
             default = partition
         node = Node(name, int(cpus), int(re.match(r"\d+", memory).group()), parse_gres(gres),
-                    parse_time_limit(limit))
+                    parse_time_limit(limit), sum(parse_gres(gres, "shard").values()))
         partitions.setdefault(partition, []).append(node)
     return partitions, default
 
@@ -125,6 +131,7 @@ def fits(request: Request, node: Node) -> bool:
     return (request.cpus <= node.cpus
             and (request.mem_mb or 0) <= node.memory_mb
             and request.gpus <= node.gpu_count(request.gpu_model)
+            and request.shards <= node.shards
             and (request.runtime_min is None or node.time_limit_min is None
                  or request.runtime_min <= node.time_limit_min))
 
@@ -144,7 +151,7 @@ def problems(requests: list, partitions: dict, default: str | None) -> list:
 
 
 def _size(request: Request) -> tuple:
-    return request.gpus, request.cpus, request.mem_mb or 0, request.runtime_min or 0
+    return request.gpus, request.shards, request.cpus, request.mem_mb or 0, request.runtime_min or 0
 
 
 def _message(request: Request, partition: str | None, partitions: dict) -> str:
@@ -155,20 +162,25 @@ def _message(request: Request, partition: str | None, partitions: dict) -> str:
     if not nodes:
         return (f"{request.label} asks for partition '{partition}', which this cluster does not have (sinfo lists: "
                 f"{', '.join(sorted(partitions)) or 'none'}); set slurm_partition in profiles/slurm/profile.yaml")
-    largest = max(nodes, key=lambda n: (n.gpu_count(request.gpu_model), n.cpus, n.memory_mb))
+    largest = max(nodes, key=lambda n: (n.gpu_count(request.gpu_model), n.shards, n.cpus, n.memory_mb))
     limit = largest.time_limit_min
+    sharing = ""
+    if request.shards and not any(node.shards for node in nodes):
+        sharing = (" No node there offers GPU shards (gres/shard), which a run sharing a GPU asks for (config "
+                   "gpu_share): set up shards (profiles/README.md) or run with gpu_share: 1.")
     return (f"{request.label} asks partition '{partition}' for {request.describe()}, but no node there has that "
             f"much; the largest is {largest.describe()}" + (f", time limit {limit:g} min" if limit is not None else "")
             + ". SLURM would keep it pending forever: lower the request (set-threads / set-resources in "
-            "profiles/slurm/profile.yaml) or send the rule to another partition.")
+            "profiles/slurm/profile.yaml) or send the rule to another partition." + sharing)
 
 
 # Reading Snakemake's jobs: the plugin's rules (snakemake-executor-plugin-slurm 2.x, submit_string.py and
 # utils.set_gres_string): cpus_per_task if set, else threads; mem_mb_per_cpu times CPUs, else mem_mb;
-# gpu (+ gpu_model) or a gres "gpu[:model]:N"; runtime in minutes.
+# gpu (+ gpu_model) or a gres "gpu[:model]:N"; a gres "shard:N"; runtime in minutes.
 
-def _gres_gpus(gres: str | None) -> tuple[int, str | None]:
-    if not gres or not str(gres).startswith("gpu"):
+def _gres(gres: str | None, name: str) -> tuple[int, str | None]:
+    """(count, type) of a gres request of kind ``name`` (``gpu``, ``shard``); (0, None) for another kind."""
+    if not gres or str(gres).split(":")[0] != name:
         return 0, None
     fields = str(gres).split(":")
     count = int(re.match(r"\d+", fields[-1]).group()) if len(fields) > 1 and fields[-1][:1].isdigit() else 1
@@ -178,7 +190,8 @@ def _gres_gpus(gres: str | None) -> tuple[int, str | None]:
 def request_of(label: str, resources, threads: int) -> Request:
     """A Request from a Snakemake job's (or group job's) resources and threads."""
     get = resources.get
-    gpus, model = _gres_gpus(get("gres"))
+    gpus, model = _gres(get("gres"), "gpu")
+    shards = _gres(get("gres"), "shard")[0]
     if get("gpu_model"):
         gpus, model = int(get("gpu", 1)), get("gpu_model")
     elif get("gpu"):
@@ -195,7 +208,7 @@ def request_of(label: str, resources, threads: int) -> Request:
     runtime = get("runtime")
     return Request(label, get("slurm_partition") or None, cpus,
                    int(mem) if isinstance(mem, (int, float)) and mem else None, gpus, model,
-                   float(runtime) if isinstance(runtime, (int, float)) and runtime else None)
+                   float(runtime) if isinstance(runtime, (int, float)) and runtime else None, shards)
 
 
 def submissions(workflow) -> list:

@@ -10,7 +10,7 @@ import sys
 from cnnrepro import config as cfg
 from cnnrepro import models, startup
 from cnnrepro.engine.recipe import build_run_model
-from cnnrepro.plan import rates, runs
+from cnnrepro.plan import calibration, rates, runs
 
 
 def model_rows(settings_by_run: dict[str, dict]) -> list[dict]:
@@ -55,20 +55,25 @@ def _duration(seconds: float) -> str:
 EPOCH_BASIS = {"fixed": "", "authors": " (authors)", "cap": " (cap)"}
 
 
-def plan_tables(checked: startup.Checked, device: str, eval_every: int,
-                rate: rates.Rate | None = None) -> tuple[list[str], list[dict], list[dict]]:
+def plan_tables(checked: startup.Checked, device: str, eval_every: int, rate: rates.Rate | None = None,
+                measured: calibration.Measured | None = None) -> tuple[list[str], list[dict], list[dict]]:
     """(header lines, one row per run, one row per study and a total) of `cnnrepro plan`: the runs as the config
-    trains them, and each study without any saving and with every saving that applies."""
+    trains them, and each study without any saving and with every saving that applies. ``measured``: the step
+    times of a gpu-check file replace the assumed rate, and each run and study says its basis."""
     config = checked.config
-    rate = rate or runs.rate_for(device, config)
+    rate = measured.rate if measured else rate or runs.rate_for(device, config)
     scenarios = {"none": runs.NO_SAVINGS, "config": runs.configured_savings(config),
                  "all": runs.all_savings(eval_every)}
     plans = {name: runs.plan_runs(config, savings, checked.settings) for name, savings in scenarios.items()}
+    if measured:
+        plans = {name: measured.apply_all(scenario_plans, config, checked.settings)
+                 for name, scenario_plans in plans.items()}
     header = [f"device: {rate.basis}",
               "time = max(FLOPs / sustained rate, steps x ops x per-op cost) per pass, plus "
               f"{rates.JOB_STARTUP_SECONDS:.0f} s start-up per job; backward = 2 x the forward FLOPs of the trained "
               "part; epochs: (authors) = their observed stop, (cap) = max_epochs, an upper bound",
-              *(f"savings '{name}': {savings.label()}" for name, savings in scenarios.items())]
+              *(f"savings '{name}': {savings.label()}" for name, savings in scenarios.items()),
+              *(measured.header() if measured else [])]
     rows = []
     for p in plans["config"]:
         rows.append({"run": p.run_id, "epochs": f"{p.epochs}{EPOCH_BASIS[p.epochs_basis]}",
@@ -76,8 +81,8 @@ def plan_tables(checked: startup.Checked, device: str, eval_every: int,
                      "train_images": next(q.images for q in p.passes if q.what == "train") // max(p.trained_epochs, 1),
                      "TFLOP": round(p.flops / 1e12, 1), "time": _duration(p.seconds(rate)),
                      "seconds": round(p.seconds(rate)), "device_GiB": round(p.device_bytes / 2**30, 2),
-                     "mem_mb": p.host_mem_mb})
-    sweep = sweep_cost(checked, rate)
+                     "mem_mb": p.host_mem_mb, **({"basis": p.basis} if measured else {})})
+    sweep = sweep_cost(checked, rate, measured)
     header.append("sweep: what presets/assumptions.yaml adds (each assumption's alternatives, one at a time), "
                   "as configured" + (" (included in the runs above)" if config["sweep_assumptions"] else ""))
     studies = []
@@ -89,6 +94,8 @@ def plan_tables(checked: startup.Checked, device: str, eval_every: int,
             row[f"time_{scenario}"] = _duration(sum(p.seconds(rate) for p in mine))
         count, seconds = sweep.get(name, (0, 0.0))
         row.update(sweep_runs=count, time_sweep=_duration(seconds) if count else "")
+        if measured:
+            row["basis"] = calibration.basis_counts([p for p in plans["config"] if p.study == name])
         studies.append(row)
     total = {"study": "total", "runs": len(plans["config"])}
     for scenario, scenario_plans in plans.items():
@@ -96,20 +103,24 @@ def plan_tables(checked: startup.Checked, device: str, eval_every: int,
         total[f"time_{scenario}"] = _duration(sum(p.seconds(rate) for p in scenario_plans))
     total.update(sweep_runs=sum(count for count, _ in sweep.values()),
                  time_sweep=_duration(sum(seconds for _, seconds in sweep.values())) if sweep else "")
+    if measured:
+        total["basis"] = calibration.basis_counts(plans["config"])
     over = [p.run_id for p in plans["config"] if rate.memory_gib and p.device_bytes > rate.memory_gib * 2**30]
     if over:
         header.append(f"over the device's {rate.memory_gib:g} GiB: {', '.join(over)}")
     return header, rows, [*studies, total]
 
 
-def sweep_cost(checked: startup.Checked, rate: rates.Rate) -> dict[str, tuple[int, float]]:
+def sweep_cost(checked: startup.Checked, rate: rates.Rate,
+               measured: calibration.Measured | None = None) -> dict[str, tuple[int, float]]:
     """study -> (runs, seconds) that the sweep of its assumptions adds, as the configuration trains them (chained
     onto the study's own runs where only the epoch count differs)."""
     config = copy.deepcopy(checked.config)
     config["sweep_assumptions"] = True
     swept = cfg.settings_by_run(config)
+    plans = runs.plan_runs(config, runs.configured_savings(config), swept)
     out: dict[str, tuple[int, float]] = {}
-    for p in runs.plan_runs(config, runs.configured_savings(config), swept):
+    for p in measured.apply_all(plans, config, swept) if measured else plans:
         if swept[p.run_id].get("assumption"):
             count, seconds = out.get(p.study, (0, 0.0))
             out[p.study] = (count + 1, seconds + p.seconds(rate))
@@ -132,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     p_plan.add_argument("--eval-every", type=int, default=10,
                         help="eval_every of the 'all savings' column (default 10)")
     p_plan.add_argument("--format", choices=["csv"], help="machine-readable: one row per run")
+    p_plan.add_argument("--calibration", metavar=calibration.FILE_NAME,
+                        help="the step times cnnrepro gpu-check measured on --device replace the assumed rate")
     args = parser.parse_args(argv)
     try:
         checked = startup.load(args.config, args.configfile or [])
@@ -144,7 +157,14 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "runs":
         _print([{"run": r.id} | r.wildcards for r in cfg.expand_runs(config)], args.format)
     elif args.command == "plan":
-        header, run_rows, studies = plan_tables(checked, args.device, args.eval_every)
+        try:
+            measured = calibration.measured(calibration.load(args.calibration, args.device), config["speed"],
+                                            runs.rate_for(args.device, config, calibrate=False)) \
+                if args.calibration else None
+        except (OSError, ValueError) as error:  # CalibrationError, a file that is not JSON
+            print(f"cnnrepro: {error}", file=sys.stderr)
+            return 2
+        header, run_rows, studies = plan_tables(checked, args.device, args.eval_every, measured=measured)
         if args.format == "csv":
             _print(run_rows, "csv")
         else:
@@ -153,8 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             print()
             _print(studies, None)
     elif args.command == "check":
-        runs = cfg.expand_runs(config)
-        print(f"config OK: {len(config['studies'])} studies, {len(runs)} training runs")
+        print(f"config OK: {len(config['studies'])} studies, {len(cfg.expand_runs(config))} training runs")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""The ``cnnrepro`` command: inspect what a configuration will run without running Snakemake."""
+"""The ``cnnrepro`` command: inspect what a configuration will run without running Snakemake, and (gpu-check) try it
+on a device before the real run."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ import argparse
 import copy
 import csv
 import sys
+from pathlib import Path
 
 from cnnrepro import config as cfg
 from cnnrepro import models, startup
 from cnnrepro.engine.recipe import build_run_model
+from cnnrepro.gpucheck import check
+from cnnrepro.gpucheck import profiles as gpucheck_profiles
 from cnnrepro.plan import calibration, rates, runs
 
 
@@ -127,6 +131,27 @@ def sweep_cost(checked: startup.Checked, rate: rates.Rate,
     return out
 
 
+def gpu_check(checked: startup.Checked, args: argparse.Namespace, argv: list[str] | None) -> int:
+    steps = tuple(step for step in args.steps.split(",") if step)
+    unknown = sorted(set(steps) - set(check.STEPS))
+    if unknown or not steps:
+        print(f"cnnrepro gpu-check: --steps {args.steps!r}: unknown {', '.join(unknown) or 'none given'}; the steps "
+              f"are {', '.join(check.STEPS)}", file=sys.stderr)
+        return 2
+    try:
+        return check.run_check(checked.config, checked.settings, args.device, Path(args.out), steps, args.budget,
+                               " ".join(["cnnrepro", *(sys.argv[1:] if argv is None else argv)]))
+    except FileExistsError as error:
+        print(f"cnnrepro gpu-check: {error}", file=sys.stderr)
+        return 2
+    except RuntimeError as error:
+        if "no CUDA device" not in str(error):
+            raise
+        print("cnnrepro gpu-check: torch sees no CUDA device here; run it on the GPU machine, or with --device cpu to "
+              "try the check itself on this CPU", file=sys.stderr)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cnnrepro", description=__doc__)
     parser.add_argument("--config", default="config.yaml", help="base config (default: config.yaml)")
@@ -143,6 +168,14 @@ def main(argv: list[str] | None = None) -> int:
     p_plan.add_argument("--eval-every", type=int, default=10,
                         help="eval_every of the 'all savings' column (default 10)")
     p_plan.add_argument("--format", choices=["csv"], help="machine-readable: one row per run")
+    p_check = sub.add_parser("gpu-check", help="prove a first GPU run and time what the plan assumes (minutes)")
+    p_check.add_argument("--device", choices=list(gpucheck_profiles.PROFILES), default="cuda",
+                         help="cuda (default), or cpu: the same steps, small, to try the check itself")
+    p_check.add_argument("--out", default="gpu-check", help="folder for gpu-check.json, its summary and its runs")
+    p_check.add_argument("--steps", default=",".join(check.STEPS),
+                         help=f"comma-separated, of {', '.join(check.STEPS)} (default: all)")
+    p_check.add_argument("--budget", type=float, default=gpucheck_profiles.BUDGET_SECONDS,
+                         help="seconds; the step-time sweep skips what would run past it (default %(default)g)")
     p_plan.add_argument("--calibration", metavar=calibration.FILE_NAME,
                         help="the step times cnnrepro gpu-check measured on --device replace the assumed rate")
     args = parser.parse_args(argv)
@@ -172,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
             _print(run_rows, None)
             print()
             _print(studies, None)
+    elif args.command == "gpu-check":
+        return gpu_check(checked, args, argv)
     elif args.command == "check":
         print(f"config OK: {len(config['studies'])} studies, {len(cfg.expand_runs(config))} training runs")
     return 0

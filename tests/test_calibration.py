@@ -159,3 +159,22 @@ def test_plan_with_a_calibration_says_each_runs_and_studys_basis(configured, tmp
     seed003 = next(line for line in out.splitlines() if line.startswith("seed003_kmnist_fcnn_cnn "))
     assert seed003.rstrip().endswith("measured 2, fitted 3")
     assert math.isfinite(float(rows[VGG]["seconds"]))
+
+
+def test_a_measurement_that_equals_the_assumptions_leaves_the_plan_as_it_is(configured, tmp_path):
+    config, by_run = configured
+    assumed = rates.gpu_rate("h100")
+    timed, seen = [], set()
+    for settings in by_run.values():  # one run per (study, model, freeze), as gpu-check times them
+        if (settings["study"], settings["model"], settings["freeze"]) not in seen:
+            seen.add((settings["study"], settings["model"], settings["freeze"]))
+            flops, ops = step_cost(settings)
+            timed.append(entry(settings, rates.step_time(flops, ops, assumed)))
+    measured, plans = measured_plans(configured, gpu_check_file(tmp_path, timed))
+    assert len(timed) == 16 and measured.rate.flops_per_second == pytest.approx(assumed.flops_per_second)
+    assert measured.rate.seconds_per_op == pytest.approx(assumed.seconds_per_op)
+    for plan in runs.plan_runs(config, runs.configured_savings(config), by_run):
+        # A measured step counts an epoch's last, smaller batch as a whole one: within 0.1 %.
+        assert plans[plan.run_id].seconds(measured.rate) == pytest.approx(plan.seconds(assumed), rel=1e-3), \
+            plan.run_id
+    assert {p.basis for p in plans.values()} == {"measured", "scaled", "fitted"}

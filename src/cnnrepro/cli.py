@@ -1,4 +1,5 @@
-"""The ``cnnrepro`` command: inspect what a configuration will run without running Snakemake."""
+"""The ``cnnrepro`` command: inspect what a configuration will run without running Snakemake, and (gpu-check) try it
+on a device before the real run."""
 
 from __future__ import annotations
 
@@ -6,11 +7,14 @@ import argparse
 import copy
 import csv
 import sys
+from pathlib import Path
 
 from cnnrepro import config as cfg
 from cnnrepro import models, startup
 from cnnrepro.engine.recipe import build_run_model
-from cnnrepro.plan import rates, runs, share
+from cnnrepro.gpucheck import check
+from cnnrepro.gpucheck import profiles as gpucheck_profiles
+from cnnrepro.plan import calibration, rates, runs, share
 
 
 def model_rows(settings_by_run: dict[str, dict]) -> list[dict]:
@@ -56,20 +60,26 @@ EPOCH_BASIS = {"fixed": "", "authors": " (authors)", "cap": " (cap)"}
 
 
 def plan_tables(checked: startup.Checked, device: str, eval_every: int, rate: rates.Rate | None = None,
-                gpus: int = 1) -> tuple[list[str], list[dict], list[dict]]:
+                gpus: int = 1, measured: calibration.Measured | None = None
+                ) -> tuple[list[str], list[dict], list[dict]]:
     """(header lines, one row per run, one row per study and a total) of `cnnrepro plan`: the runs as the config
     trains them, and each study without any saving and with every saving that applies; with GPU sharing on or
-    ``gpus`` > 1, which runs share a GPU and the wall clock on one GPU and on ``gpus``."""
+    ``gpus`` > 1, which runs share a GPU and the wall clock on one GPU and on ``gpus``. ``measured``: the step
+    times of a gpu-check file replace the assumed rate, and each run and study says its basis."""
     config = checked.config
-    rate = rate or runs.rate_for(device, config)
+    rate = measured.rate if measured else rate or runs.rate_for(device, config)
     scenarios = {"none": runs.NO_SAVINGS, "config": runs.configured_savings(config),
                  "all": runs.all_savings(eval_every)}
     plans = {name: runs.plan_runs(config, savings, checked.settings) for name, savings in scenarios.items()}
+    if measured:
+        plans = {name: measured.apply_all(scenario_plans, config, checked.settings)
+                 for name, scenario_plans in plans.items()}
     header = [f"device: {rate.basis}",
               "time = max(FLOPs / sustained rate, steps x ops x per-op cost) per pass, plus "
               f"{rates.JOB_STARTUP_SECONDS:.0f} s start-up per job; backward = 2 x the forward FLOPs of the trained "
               "part; epochs: (authors) = their observed stop, (cap) = max_epochs, an upper bound",
-              *(f"savings '{name}': {savings.label()}" for name, savings in scenarios.items())]
+              *(f"savings '{name}': {savings.label()}" for name, savings in scenarios.items()),
+              *(measured.header() if measured else [])]
     rows = []
     for p in plans["config"]:
         rows.append({"run": p.run_id, "epochs": f"{p.epochs}{EPOCH_BASIS[p.epochs_basis]}",
@@ -77,12 +87,12 @@ def plan_tables(checked: startup.Checked, device: str, eval_every: int, rate: ra
                      "train_images": next(q.images for q in p.passes if q.what == "train") // max(p.trained_epochs, 1),
                      "TFLOP": round(p.flops / 1e12, 1), "time": _duration(p.seconds(rate)),
                      "seconds": round(p.seconds(rate)), "device_GiB": round(p.device_bytes / 2**30, 2),
-                     "mem_mb": p.host_mem_mb})
+                     "mem_mb": p.host_mem_mb, **({"basis": p.basis} if measured else {})})
     walls = GpuWalls(checked, plans["config"], rate, gpus)
     header.extend(walls.header())
     for row in rows:
         row.update(walls.run_columns(row["run"]))
-    sweep = sweep_cost(checked, rate)
+    sweep = sweep_cost(checked, rate, measured)
     header.append("sweep: what presets/assumptions.yaml adds (each assumption's alternatives, one at a time), "
                   "as configured" + (" (included in the runs above)" if config["sweep_assumptions"] else ""))
     studies = []
@@ -95,6 +105,8 @@ def plan_tables(checked: startup.Checked, device: str, eval_every: int, rate: ra
         count, seconds = sweep.get(name, (0, 0.0))
         row.update(sweep_runs=count, time_sweep=_duration(seconds) if count else "")
         row.update(walls.study_columns(name))
+        if measured:
+            row["basis"] = calibration.basis_counts([p for p in plans["config"] if p.study == name])
         studies.append(row)
     total = {"study": "total", "runs": len(plans["config"])}
     for scenario, scenario_plans in plans.items():
@@ -103,6 +115,8 @@ def plan_tables(checked: startup.Checked, device: str, eval_every: int, rate: ra
     total.update(sweep_runs=sum(count for count, _ in sweep.values()),
                  time_sweep=_duration(sum(seconds for _, seconds in sweep.values())) if sweep else "")
     total.update(walls.study_columns(None))
+    if measured:
+        total["basis"] = calibration.basis_counts(plans["config"])
     over = [p.run_id for p in plans["config"] if rate.memory_gib and p.device_bytes > rate.memory_gib * 2**30]
     if over:
         header.append(f"over the device's {rate.memory_gib:g} GiB: {', '.join(over)}")
@@ -160,18 +174,41 @@ class GpuWalls:
         return f"wall_{gpus}gpu" + ("s" if gpus > 1 else "")
 
 
-def sweep_cost(checked: startup.Checked, rate: rates.Rate) -> dict[str, tuple[int, float]]:
+def sweep_cost(checked: startup.Checked, rate: rates.Rate,
+               measured: calibration.Measured | None = None) -> dict[str, tuple[int, float]]:
     """study -> (runs, seconds) that the sweep of its assumptions adds, as the configuration trains them (chained
     onto the study's own runs where only the epoch count differs)."""
     config = copy.deepcopy(checked.config)
     config["sweep_assumptions"] = True
     swept = cfg.settings_by_run(config)
+    plans = runs.plan_runs(config, runs.configured_savings(config), swept)
     out: dict[str, tuple[int, float]] = {}
-    for p in runs.plan_runs(config, runs.configured_savings(config), swept):
+    for p in measured.apply_all(plans, config, swept) if measured else plans:
         if swept[p.run_id].get("assumption"):
             count, seconds = out.get(p.study, (0, 0.0))
             out[p.study] = (count + 1, seconds + p.seconds(rate))
     return out
+
+
+def gpu_check(checked: startup.Checked, args: argparse.Namespace, argv: list[str] | None) -> int:
+    steps = tuple(step for step in args.steps.split(",") if step)
+    unknown = sorted(set(steps) - set(check.STEPS))
+    if unknown or not steps:
+        print(f"cnnrepro gpu-check: --steps {args.steps!r}: unknown {', '.join(unknown) or 'none given'}; the steps "
+              f"are {', '.join(check.STEPS)}", file=sys.stderr)
+        return 2
+    try:
+        return check.run_check(checked.config, checked.settings, args.device, Path(args.out), steps, args.budget,
+                               " ".join(["cnnrepro", *(sys.argv[1:] if argv is None else argv)]))
+    except FileExistsError as error:
+        print(f"cnnrepro gpu-check: {error}", file=sys.stderr)
+        return 2
+    except RuntimeError as error:
+        if "no CUDA device" not in str(error):
+            raise
+        print("cnnrepro gpu-check: torch sees no CUDA device here; run it on the GPU machine, or with --device cpu to "
+              "try the check itself on this CPU", file=sys.stderr)
+        return 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,6 +229,16 @@ def main(argv: list[str] | None = None) -> int:
     p_plan.add_argument("--format", choices=["csv"], help="machine-readable: one row per run")
     p_plan.add_argument("--gpus", type=int, default=1,
                         help="also give the wall clock on this many GPUs, with the config's gpu_share (default 1)")
+    p_check = sub.add_parser("gpu-check", help="prove a first GPU run and time what the plan assumes (minutes)")
+    p_check.add_argument("--device", choices=list(gpucheck_profiles.PROFILES), default="cuda",
+                         help="cuda (default), or cpu: the same steps, small, to try the check itself")
+    p_check.add_argument("--out", default="gpu-check", help="folder for gpu-check.json, its summary and its runs")
+    p_check.add_argument("--steps", default=",".join(check.STEPS),
+                         help=f"comma-separated, of {', '.join(check.STEPS)} (default: all)")
+    p_check.add_argument("--budget", type=float, default=gpucheck_profiles.BUDGET_SECONDS,
+                         help="seconds; the step-time sweep skips what would run past it (default %(default)g)")
+    p_plan.add_argument("--calibration", metavar=calibration.FILE_NAME,
+                        help="the step times cnnrepro gpu-check measured on --device replace the assumed rate")
     args = parser.parse_args(argv)
     try:
         checked = startup.load(args.config, args.configfile or [])
@@ -206,7 +253,15 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "plan":
         if args.gpus < 1:
             parser.error("--gpus must be 1 or more")
-        header, run_rows, studies = plan_tables(checked, args.device, args.eval_every, gpus=args.gpus)
+        try:
+            measured = calibration.measured(calibration.load(args.calibration, args.device), config["speed"],
+                                            runs.rate_for(args.device, config, calibrate=False)) \
+                if args.calibration else None
+        except (OSError, ValueError) as error:  # CalibrationError, a file that is not JSON
+            print(f"cnnrepro: {error}", file=sys.stderr)
+            return 2
+        header, run_rows, studies = plan_tables(checked, args.device, args.eval_every, gpus=args.gpus,
+                                                measured=measured)
         if args.format == "csv":
             _print(run_rows, "csv")
         else:
@@ -214,9 +269,10 @@ def main(argv: list[str] | None = None) -> int:
             _print(run_rows, None)
             print()
             _print(studies, None)
+    elif args.command == "gpu-check":
+        return gpu_check(checked, args, argv)
     elif args.command == "check":
-        runs = cfg.expand_runs(config)
-        print(f"config OK: {len(config['studies'])} studies, {len(runs)} training runs")
+        print(f"config OK: {len(config['studies'])} studies, {len(cfg.expand_runs(config))} training runs")
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 from pathlib import Path
 
 import torch
@@ -87,6 +88,26 @@ def effective_speed(speed: dict, device_type: str, has_conv: bool, capability: t
         "fused_optimizer": requested["fused_optimizer"] and optimizer is not None and has_fused(optimizer),
         "requested": requested,
     }
+
+
+# cuBLAS is deterministic only with a fixed workspace, which must be set before its first use in a process.
+CUBLAS_WORKSPACE = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+
+
+def deterministic_algorithms(device: torch.device) -> None:
+    """As every run computes: torch's deterministic algorithms (a warning where an op has none)."""
+    if device.type == "cuda":
+        for key, value in CUBLAS_WORKSPACE.items():
+            os.environ.setdefault(key, value)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def set_backend_flags(speed: dict, device: torch.device) -> None:
+    """cuDNN autotuning and TF32 as a run's switches in effect (:func:`effective_speed`) say; CUDA only."""
+    if device.type == "cuda":
+        # Set both ways: torch's own default allows TF32 in cuDNN convolutions, which the papers' fp32 did not use.
+        torch.backends.cudnn.benchmark = speed["cudnn_benchmark"]
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = speed["tf32"]
 
 
 def numerics_record(speed: dict, device: torch.device, device_name: str, capability) -> dict:

@@ -37,11 +37,13 @@ from cnnrepro.engine.evaluation import eval_batch_size, eval_every, every_epoch_
 from cnnrepro.engine.recipe import (
     autocast,
     build_run_model,
+    deterministic_algorithms,
     deviations,
     effective_speed,
     make_loss,
     make_optimizer,
     numerics_record,
+    set_backend_flags,
     to_format,
 )
 from cnnrepro.runtime import io
@@ -209,11 +211,8 @@ def set_up(settings: dict, data_path: str | Path, outputs: RunOutputs, weights_d
     if threads:
         torch.set_num_threads(threads)
     device = pick_device(settings["device"])
-    if device.type == "cuda":
-        # cuBLAS is deterministic only with a fixed workspace; it must be set before its first use.
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    deterministic_algorithms(device)
     torch.manual_seed(settings["seed"])
-    torch.use_deterministic_algorithms(True, warn_only=True)
     generator = torch.Generator(device=device)
     generator.manual_seed(settings["seed"])
 
@@ -223,10 +222,7 @@ def set_up(settings: dict, data_path: str | Path, outputs: RunOutputs, weights_d
     capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
     speed = effective_speed(settings["speed"], device.type, any(isinstance(m, nn.Conv2d) for m in model.modules()),
                             capability, recipe["optimizer"])
-    if device.type == "cuda":
-        # Set both ways: torch's own default allows TF32 in cuDNN convolutions, which the papers' fp32 did not use.
-        torch.backends.cudnn.benchmark = speed["cudnn_benchmark"]
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = speed["tf32"]
+    set_backend_flags(speed, device)
     numerics = numerics_record(speed, device, device_name(device), capability)
     model = model.to(device, memory_format=torch.channels_last if speed["channels_last"] else torch.preserve_format)
     trainable = [p for p in model.parameters() if p.requires_grad]

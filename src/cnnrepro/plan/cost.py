@@ -117,12 +117,15 @@ def model_cost(model: str, num_classes: int, in_channels: int, input_size: int |
                      sum(p.numel() for p in net.parameters()), params, layers)
 
 
+def image_size(settings: dict) -> int:
+    """The side of the images a run's model sees: its input size, else the dataset's own."""
+    return settings["input"]["size"] or DATASETS[settings["dataset"]].size
+
+
 def settings_cost(settings: dict) -> ModelCost:
     """:func:`model_cost` of the model a run's settings build."""
-    size = settings["input"]["size"]
-    image = size or DATASETS[settings["dataset"]].size
-    return model_cost(settings["model"], settings["num_classes"], settings["in_channels"], size, image,
-                      json.dumps(settings["model_options"], sort_keys=True))
+    return model_cost(settings["model"], settings["num_classes"], settings["in_channels"], settings["input"]["size"],
+                      image_size(settings), json.dumps(settings["model_options"], sort_keys=True))
 
 
 def _in_module(layer: str, module: str) -> bool:

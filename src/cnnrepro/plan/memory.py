@@ -46,10 +46,14 @@ def device_bytes(settings: dict, data_settings: dict, cost: ModelCost, stage: St
     weights = 4 * (cost.params + stage.trainable_params * (1 + states))
     train_act = recipe["batch_size"] * (stage.tail_bytes + 2 * cost.max_output_bytes)
     eval_act = eval_batch_size(recipe) * 2 * cost.max_output_bytes
+    return weights + max(train_act, eval_act) + device_data_bytes(settings, data_settings) + cache_bytes
+
+
+def device_data_bytes(settings: dict, data_settings: dict) -> int:
+    """The run's uint8 splits, held on the training device for the whole run (cnnrepro.data.splits)."""
     info = DATASETS[settings["dataset"]]
     images = run_images(settings, data_settings)
-    data = (images["train"] + images["eval"] + images["test"]) * info.channels * info.size * info.size
-    return weights + max(train_act, eval_act) + data + cache_bytes
+    return (images["train"] + images["eval"] + images["test"]) * info.channels * info.size * info.size
 
 
 def activation_bytes(settings: dict) -> int:

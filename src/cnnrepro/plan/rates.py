@@ -153,23 +153,38 @@ def calibrate_cpu(threads: int, seconds: float = 1.5) -> Rate:
                 f"{threads} threads, {elapsed:.1f} s); {per_op * 1e6:.1f} us per op")
 
 
+def step_time(flops: float, ops: int, rate: Rate) -> float:
+    """Seconds of one step of ``flops`` in ``ops`` kernels at ``rate``: bound by arithmetic or by launches."""
+    return max(flops / rate.flops_per_second, ops * rate.seconds_per_op)
+
+
 @dataclass(frozen=True)
 class Pass:
-    """``images`` through the model at ``batch``: FLOPs and ops per image / per step."""
+    """``images`` through the model at ``batch``: FLOPs and ops per image / per step; ``step_seconds``: a step's
+    measured time (cnnrepro.plan.calibration), which replaces the rate's estimate."""
 
     what: str
     images: int
     batch: int
     flops_per_image: float
     ops_per_step: int
+    step_seconds: float | None = None
 
     @property
     def flops(self) -> float:
         return self.images * self.flops_per_image
 
+    @property
+    def steps(self) -> int:
+        return math.ceil(self.images / self.batch) if self.images else 0
+
+    def step_estimate(self, rate: Rate) -> float:
+        return step_time(self.batch * self.flops_per_image, self.ops_per_step, rate)
+
     def seconds(self, rate: Rate) -> float:
-        steps = math.ceil(self.images / self.batch) if self.images else 0
-        return max(self.flops / rate.flops_per_second, steps * self.ops_per_step * rate.seconds_per_op)
+        if self.step_seconds is not None:
+            return self.steps * self.step_seconds
+        return max(self.flops / rate.flops_per_second, self.steps * self.ops_per_step * rate.seconds_per_op)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

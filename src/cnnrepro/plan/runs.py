@@ -24,7 +24,7 @@ from cnnrepro import config as cfg
 from cnnrepro.engine import chaining
 from cnnrepro.engine.evaluation import eval_batch_size, eval_every
 from cnnrepro.engine.feature_cache import MAX_BYTES
-from cnnrepro.plan.cost import engine_cache, settings_cost, stages
+from cnnrepro.plan.cost import ModelCost, Stages, engine_cache, settings_cost, stages
 from cnnrepro.plan.memory import device_bytes, run_images, train_mem_mb
 from cnnrepro.plan.rates import JOB_STARTUP_SECONDS, Pass, Rate, calibrate_cpu, gpu_rate, reference_cpu_rate
 
@@ -114,6 +114,13 @@ def all_savings(eval_every: int = 10) -> Savings:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def train_step_cost(cost: ModelCost, stage: Stages, cached: bool) -> tuple[int, int]:
+    """(FLOPs per image, ops per step) of one training step: the forward pass over what runs each step (the tail
+    alone when the prefix is cached), the backward pass (2x forward) over the tail, the optimizer's kernels."""
+    forward_flops, forward_ops = (stage.tail_flops, stage.tail_ops) if cached else (cost.flops, cost.ops)
+    return forward_flops + 2 * stage.tail_flops, forward_ops + 2 * stage.tail_ops + GPU_OPTIMIZER_OPS
+
+
 @dataclass
 class RunPlan:
     run_id: str
@@ -129,6 +136,8 @@ class RunPlan:
     device_bytes: int  # device memory: weights, gradients, optimizer state, activations, data, cache
     host_mem_mb: int
     notes: list[str] = field(default_factory=list)
+    # Where the time comes from: assumed rates, or a gpu-check measurement (cnnrepro.plan.calibration.BASES).
+    basis: str = "assumed"
 
     @property
     def flops(self) -> float:
@@ -170,13 +179,10 @@ def plan_run(settings: dict, data_settings: dict, savings: Savings = Savings(), 
     batch, eval_batch = recipe["batch_size"], eval_batch_size(recipe)
     every = eval_every(recipe, savings.eval_every)
     evaluations = math.ceil(trained / every)
-    opt_ops = GPU_OPTIMIZER_OPS
     passes = []
     if cached_bytes:
         passes.append(Pass("cache", distinct, eval_batch, prefix_flops, cost.ops - stage.tail_ops))
-    # Forward over what runs each step, backward (2x forward) over the tail only.
-    passes.append(Pass("train", images["train"] * trained, batch, tail_flops + 2 * stage.tail_flops,
-                       tail_ops + 2 * stage.tail_ops + opt_ops))
+    passes.append(Pass("train", images["train"] * trained, batch, *train_step_cost(cost, stage, cached)))
     passes.append(Pass("eval", images["eval"] * evaluations, eval_batch, tail_flops, tail_ops))
     # The record: test and evaluation split once more (twice if the best epoch is not the last).
     final = images["test"] + images["eval"]

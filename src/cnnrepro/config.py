@@ -11,6 +11,7 @@ import copy
 import functools
 import itertools
 import json
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,8 +91,21 @@ def deep_merge(base: dict, overlay: dict) -> dict:
 
 
 def load_yaml(path: str | Path) -> dict:
+    """A YAML file as a dict; a syntax error is a ConfigError naming the file, the line and the column."""
     with open(path, encoding="utf-8") as handle:
-        return yaml.safe_load(handle) or {}
+        try:
+            loaded = yaml.safe_load(handle) or {}
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = " ".join(filter(None, (getattr(error, "context", None), getattr(error, "problem", None))))
+            raise ConfigError(f"config error in {path}{where}: YAML syntax error: {problem or error}; fix the "
+                              "YAML there (a bracket or quote left open, a tab in the indentation, a missing ': ')"
+                              ) from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config error in {path}: expected keys at the top level (a YAML mapping), found "
+                          f"{type(loaded).__name__} {loaded!r}")
+    return loaded
 
 
 def _field_path(parts: Iterable[Any]) -> str:
@@ -149,9 +163,22 @@ def _filling_validator_class(base):
     return jsonschema.validators.extend(base, {"properties": properties_with_defaults})
 
 
+def _check_finite(instance: Any, parts: list) -> None:
+    """YAML reads .nan and .inf as numbers, which every bound of the schema lets through (a comparison with NaN is
+    false): refuse them wherever they are."""
+    if isinstance(instance, float) and not math.isfinite(instance):
+        raise ConfigError(f"config error at '{_field_path(parts)}': {instance} is not a finite number; give a "
+                          "finite one (e.g. 1.0e-3)")
+    items = instance.items() if isinstance(instance, dict) else enumerate(instance) if isinstance(instance, list) \
+        else ()
+    for key, value in items:
+        _check_finite(value, [*parts, key])
+
+
 def _check_against(instance: Any, schema: dict, where: str = "") -> None:
     """Validate (filling defaults in place); raise ConfigError naming the first offending field, its value and,
     where the schema has a fixed set, the accepted values or keys."""
+    _check_finite(instance, [where] if where else [])
     errors = list(_validator(schema).iter_errors(instance))
     if not errors:
         return
@@ -333,10 +360,27 @@ def _check_data(config: dict) -> None:
                               f"(set by '{origin}'), which never reads them; set '{where}.source: npz' or drop npz")
 
 
+# The config's folders: each is created where it does not exist yet.
+FOLDER_KEYS = ("results", "data_root", "weights_dir")
+
+
+def _check_folders(config: dict) -> None:
+    """A folder the workflow writes into must not be an existing file (nor lie below one)."""
+    for key in FOLDER_KEYS:
+        path = Path(config[key])
+        blocker = next((p for p in (path, *path.parents) if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            below = "" if blocker == path else f" ({path} would lie inside it)"
+            raise ConfigError(f"config error at '{key}': {blocker} is an existing file, not a folder{below}; "
+                              f"'{key}' names the folder the workflow writes into: give a folder (it is created "
+                              "when missing), or move the file away")
+
+
 def check_semantics(config: dict) -> None:
-    """What the schema cannot check: names defined elsewhere in the config, npz files. (Each stage checks what it
-    will read on top of this before any job runs: cnnrepro.startup.)"""
+    """What the schema cannot check: names defined elsewhere in the config, npz files, folders that are files.
+    (Each stage checks what it will read on top of this before any job runs: cnnrepro.startup.)"""
     full = config_schema()
+    _check_folders(config)
     _check_normalizations(config)
     for name, study in config["studies"].items():
         where = f"studies.{name}"

@@ -227,6 +227,13 @@ CASES = [
     case("inf-lr-in-a-grid", "studies: {$SEED4: {grid: {recipe.lr: [1.0e-3, .inf]}}}",
          "'studies.$SEED4.grid.recipe.lr[1]'", "inf is not a finite number"),
     case("results-is-a-file", "results: config.yaml", "'results'", "config.yaml is an existing file, not a folder"),
+    # ----- torchvision's zoo -----
+    case("unknown-zoo-model", "studies: {$SEED1: {models: [torchvision.densenet12]}}", "'studies.$SEED1.models[0]'",
+         "'torchvision.densenet12' is not one of torchvision's", "closest: torchvision.densenet121"),
+    case("zoo-weights-member-missing", "studies: {$SEED1: {models: [torchvision.resnet50], model_options: "
+         "{torchvision.resnet50: {weights: IMAGENET1K_V3}}}}",
+         "'studies.$SEED1.model_options.torchvision.resnet50.weights'", "'IMAGENET1K_V3' is not a weights member",
+         "its members: IMAGENET1K_V1, IMAGENET1K_V2"),
 ]
 
 

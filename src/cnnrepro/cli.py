@@ -20,7 +20,7 @@ def model_rows(settings_by_run: dict[str, dict]) -> list[dict]:
         if key in seen:
             continue
         seen.add(key)
-        model = build_run_model(settings, pretrained=False)  # counts need no weights
+        model = build_run_model(settings, meta=True)  # counts need no weights, nor memory
         rows.append({"model": settings["model"], "dataset": settings["dataset"], "freeze": settings["freeze"],
                      "params": models.count_params(model),
                      "trainable_params": models.count_params(model, trainable_only=True)})

@@ -23,6 +23,7 @@ import yaml
 
 from cnnrepro import models
 from cnnrepro.data.augment import AUGMENTATIONS
+from cnnrepro.models import zoo
 from cnnrepro.data.catalog import DATASETS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -217,10 +218,42 @@ def _check_against(instance: Any, schema: dict, where: str = "") -> None:
     raise ConfigError(f"config error at '{_field_path(parts)}': {message}{hint}")
 
 
+def _named_models(config: dict) -> Iterable[tuple[str, Any]]:
+    """(field, name) of every place a study names a model, read before the schema check (whose list of model names
+    must hold them): defensive, the config is not checked yet."""
+    studies = config.get("studies")
+    for study_name, study in (studies.items() if isinstance(studies, dict) else ()):
+        if not isinstance(study, dict):
+            continue
+        where = f"studies.{study_name}"
+        listed = study.get("models")
+        yield from ((f"{where}.models[{i}]", name) for i, name in enumerate(listed if isinstance(listed, list) else ()))
+        options = study.get("model_options")
+        yield from ((f"{where}.model_options.{name}", name) for name in (options if isinstance(options, dict) else ()))
+        figures = study.get("figures") if isinstance(study.get("figures"), dict) else {}
+        kernels = figures.get("kernels") if isinstance(figures.get("kernels"), list) else ()
+        yield from ((f"{where}.figures.kernels[{i}]", name) for i, name in enumerate(kernels))
+        rules = study.get("exclude") if isinstance(study.get("exclude"), list) else ()
+        yield from ((f"{where}.exclude[{i}].model", rule["model"]) for i, rule in enumerate(rules)
+                    if isinstance(rule, dict) and "model" in rule)
+
+
+def register_named_models(config: dict) -> None:
+    """Register every torchvision zoo model (``torchvision.<builder>``) the studies name, so the schema knows it;
+    an unknown one is an error naming the field and the closest names."""
+    for field, name in _named_models(config):
+        if zoo.is_zoo_name(name):
+            try:
+                zoo.register(name)
+            except zoo.UnknownZooModel as error:
+                raise ConfigError(f"config error at '{field}': {error}") from None
+
+
 def validate(config: dict) -> dict:
     """Check ``config`` against the schema in one pass that fills its defaults in place, then check what
     the schema cannot (names defined elsewhere in the config, files). Recipes are checked per run
     (:func:`run_settings`), after grid values are applied."""
+    register_named_models(config)
     _check_against(config, config_schema())
     apply_min_seeds(config)
     check_semantics(config)
@@ -243,9 +276,14 @@ def apply_min_seeds(config: dict) -> None:
         study["seeds"] = seeds
 
 
+# A study's input.size or input.normalization that each run takes from its model (its weights' own transforms).
+MODEL_NATIVE = "model"
+
+
 def normalizations(config: dict) -> dict[str, dict]:
-    """Every normalisation a study can name: ``unit`` (pixels / 255 only, as the Keras studies), each dataset's
-    own statistics under its name, then the config's named ones."""
+    """Every normalisation a study can name with fixed statistics: ``unit`` (pixels / 255 only, as the Keras
+    studies), each built-in dataset's own statistics under its name, then the config's named ones. Besides these, a
+    study can name ``model`` (its model's weights' statistics, per run)."""
     named = {name: {"mean": list(info.mean), "std": list(info.std)} for name, info in DATASETS.items()}
     return {"unit": {"mean": [], "std": []}, **named, **config["normalization"]}
 
@@ -265,9 +303,9 @@ def _check_names(config: dict, name: str, study: dict) -> None:
             raise ConfigError(f"config error at '{where}.freeze[{i}]': unknown freeze level '{level}'; "
                               f"defined levels: {', '.join(levels)}. Define it under 'freeze_levels'.")
     norm = study["input"]["normalization"]
-    if norm not in norms:
+    if norm not in norms and norm != MODEL_NATIVE:
         raise ConfigError(f"config error at '{where}.input.normalization': unknown normalization "
-                          f"'{norm}'; defined: {', '.join(norms)}. Define it under 'normalization'.")
+                          f"'{norm}'; defined: {', '.join([*norms, MODEL_NATIVE])}. Define it under 'normalization'.")
 
 
 def _grid_axes(schema: dict) -> dict[str, list[str]]:
@@ -525,19 +563,11 @@ def _run_settings(config: dict, run: Run, grid_values: dict) -> dict:
         length = run_length_key(recipe, schema)
         recipe[length] = min(recipe[length], limits["max_epochs"])
     input_cfg = study["input"]
-    if limits["input_size"] and input_cfg["size"]:
-        input_cfg["size"] = limits["input_size"]
-    norm = normalizations(config)[input_cfg["normalization"]]
     pretrained = study["pretrained"]
     if limits["pretrained"] is not None:
         pretrained = pretrained and limits["pretrained"]
     dataset = DATASETS[run.dataset]
-    model_options = study["model_options"].get(run.model, {})
-    accepted = models.get_spec(run.model).options
-    for key in model_options:
-        if key not in accepted:
-            raise ConfigError(f"config error at '{where}.model_options.{run.model}.{key}': model {run.model} takes "
-                              f"no option '{key}'; it accepts: {', '.join(accepted) or 'none'}")
+    model_options = _model_options(run, study, where)
     settings = {
         "run_id": run.id,
         **run.wildcards,
@@ -548,8 +578,7 @@ def _run_settings(config: dict, run: Run, grid_values: dict) -> dict:
         "in_channels": 3 if input_cfg["rgb"] else dataset.channels,
         "pretrained": pretrained,
         "trainable": config["freeze_levels"][run.freeze],
-        "input": {"size": input_cfg["size"], "rgb": input_cfg["rgb"], "normalization": input_cfg["normalization"],
-                  "mean": list(norm["mean"]), "std": list(norm["std"])},
+        "input": _run_input(config, run, input_cfg, model_options, where),
         "augment": study["augment"],
         "augment_copies": limits["augment_copies"] or AUGMENTATIONS[study["augment"]].copies,
         "eval_split": study["eval_split"],
@@ -565,6 +594,49 @@ def _run_settings(config: dict, run: Run, grid_values: dict) -> dict:
     return settings
 
 
+def _model_options(run: Run, study: dict, where: str) -> dict:
+    """The study's options for the run's model: each one its builder accepts, a weights member its enum has."""
+    options = study["model_options"].get(run.model, {})
+    accepted = models.get_spec(run.model).options
+    field = f"{where}.model_options.{run.model}"
+    for key in options:
+        if key not in accepted:
+            raise ConfigError(f"config error at '{field}.{key}': model {run.model} takes no option '{key}'; it "
+                              f"accepts: {', '.join(accepted) or 'none'}")
+    if zoo.WEIGHTS_OPTION in options:
+        try:
+            models.weights_member(run.model, options)
+        except ValueError as error:
+            raise ConfigError(f"config error at '{field}.{zoo.WEIGHTS_OPTION}': {error}") from None
+    return options
+
+
+def _native_input(model: str, options: dict) -> tuple[int, list, list]:
+    """The input a model was made for: its weights' own side, mean and std (the member its options name), or its
+    registered side without a normalisation of its own."""
+    if models.get_spec(model).pretrained_weights is not None:
+        return models.weights_transforms(model, options)
+    return models.get_spec(model).input_size, [], []
+
+
+def _run_input(config: dict, run: Run, input_cfg: dict, options: dict, where: str) -> dict:
+    """The run's input: ``size: model`` and ``normalization: model`` resolved for its model, then the limits."""
+    size, name = input_cfg["size"], input_cfg["normalization"]
+    if size == MODEL_NATIVE:
+        size = _native_input(run.model, options)[0]
+    if config["limits"]["input_size"] and size:
+        size = config["limits"]["input_size"]
+    if name == MODEL_NATIVE:
+        _, mean, std = _native_input(run.model, options)
+        if not mean:
+            raise ConfigError(f"config error at '{where}.input.normalization': 'model' asks for the normalisation "
+                              f"of {run.model}'s pretrained weights, but it has none; name one (unit, a dataset, "
+                              "auto, or one defined under 'normalization')")
+    else:
+        mean, std = normalizations(config)[name]["mean"], normalizations(config)[name]["std"]
+    return {"size": size, "rgb": input_cfg["rgb"], "normalization": name, "mean": list(mean), "std": list(std)}
+
+
 @dataclass(frozen=True)
 class ModelProbe:
     """What building a model on the ``meta`` device (no memory, no weights) and passing it one batch tells."""
@@ -574,6 +646,7 @@ class ModelProbe:
     children: tuple[str, ...] = ()  # the top-level modules
     parameters: tuple[str, ...] = ()  # every parameter's dotted name
     forward_error: str | None = None
+    output_shape: tuple[int, ...] | None = None  # of a batch of two images (None: the meta device could not tell)
 
 
 @functools.lru_cache(maxsize=256)
@@ -584,55 +657,38 @@ def _probe_model(builder: Any, name: str, num_classes: int, in_channels: int, in
     milliseconds even for VGG19 or ResNet50."""
     try:
         model = models.build_on_meta(name, num_classes, in_channels, input_size, json.loads(options))
-    except (ValueError, TypeError, RuntimeError, KeyError) as error:
+    except Exception as error:  # noqa: BLE001 - a model file's builder can fail in any way; the job would too
         return ModelProbe(build_error=f"{type(error).__name__}: {error}")
+    shape, error = _forward(model, in_channels, image_size)
     return ModelProbe(None, tuple(n for n, _ in model.named_modules()), tuple(n for n, _ in model.named_children()),
-                      tuple(n for n, _ in model.named_parameters()),
-                      _forward_error(model, num_classes, in_channels, image_size))
+                      tuple(n for n, _ in model.named_parameters()), error, shape)
 
 
-def _forward_error(model: torch.nn.Module, num_classes: int, in_channels: int, image_size: int) -> str | None:
-    """Why a batch of two images does not give ``num_classes`` logits each, or None (also when the meta device
-    cannot tell: an op without a meta kernel, or code that reads values; the training job will)."""
+def _forward(model: torch.nn.Module, in_channels: int, image_size: int) -> tuple[tuple | None, str | None]:
+    """(output shape, None) of a batch of two images, or (None, why it fails); (None, None) when the meta device
+    cannot tell (an op without a meta kernel, or code that reads values; the training job will)."""
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # shapes only: a warning about values says nothing here
             out = model.eval()(models.blank_batch(model, 2, in_channels, image_size))
-        if tuple(out.shape) != (2, num_classes):
-            return f"its output has shape {list(out.shape)}, expected [2, {num_classes}]"
+        return (tuple(out.shape) if isinstance(out, torch.Tensor) else None), None
     except NotImplementedError:
-        return None
+        return None, None
     except Exception as error:  # noqa: BLE001 - whatever fails here fails the training job too
-        return None if "meta" in str(error) else f"{type(error).__name__}: {error}"
-    return None
+        return None, (None if "meta" in str(error) else f"{type(error).__name__}: {error}")
 
 
 def _check_model(config: dict, run: Run, study: dict, settings: dict, where: str) -> None:
     """What would otherwise fail inside the training job: pretraining a model that has no weights, channels or a
-    normalisation the model cannot take, images it cannot take, a freeze level naming modules it does not have.
-    The model is built on the meta device (once per distinct build), never with real memory or weights."""
-    spec, dataset = models.get_spec(run.model), DATASETS[run.dataset]
+    normalisation the model cannot take, images it cannot take, an output that is not one logit per class, a
+    freeze level naming modules it does not have. The model is built on the meta device (once per distinct
+    build), never with real memory or weights."""
+    spec = models.get_spec(run.model)
     model_field = f"{where}.models[{study['models'].index(run.model)}]"
-    if settings["pretrained"] and spec.pretrained_weights is None:
-        with_weights = [m for m in models.model_names() if models.get_spec(m).pretrained_weights]
-        raise ConfigError(f"config error at '{where}.pretrained': study {run.study} sets pretrained: true, but model "
-                          f"'{run.model}' ('{model_field}') has no pretrained weights: it trains from scratch. Models "
-                          f"with ImageNet weights: {', '.join(with_weights)}. Set pretrained: false, or train "
-                          f"{run.model} in a study of its own")
-    channels = settings["in_channels"]
-    if spec.pretrained_weights is not None and channels != spec.channels:
-        raise ConfigError(f"config error at '{where}.input.rgb': model '{run.model}' takes {spec.channels}-channel "
-                          f"images, but {run.dataset} has {dataset.channels}-channel images and input.rgb is false; "
-                          "valid value here: true (grey images are repeated to RGB)")
-    norm = settings["input"]
-    for key in ("mean", "std"):
-        if len(norm[key]) not in (0, 1, channels):
-            raise ConfigError(f"config error at '{where}.input.normalization': normalization '{norm['normalization']}' "
-                              f"has {len(norm[key])} {key} values ({norm[key]}), but run {run.id} feeds "
-                              f"{channels}-channel images ({run.dataset}, input.rgb {str(norm['rgb']).lower()}); "
-                              f"expected {'1 value' if channels == 1 else f'1 or {channels} values'} per statistic")
+    _check_weights_and_channels(run, spec, settings, where, model_field)
     size = settings["input"]["size"]
-    image = size or dataset.size
+    image = size or DATASETS[run.dataset].size
+    channels = settings["in_channels"]
     probe = _probe_model(spec.builder, run.model, settings["num_classes"], channels, size, image,
                          json.dumps(settings["model_options"], sort_keys=True))
     if probe.build_error:
@@ -648,9 +704,48 @@ def _check_model(config: dict, run: Run, study: dict, settings: dict, where: str
                           f"{probe.forward_error.rstrip('.')}. Its "
                           f"native input is {spec.channels}x{spec.input_size}x{spec.input_size}; set input.size to a "
                           "size the model takes")
-    trainable = settings["trainable"]
-    if trainable == "all":
-        return
+    if probe.output_shape is not None and probe.output_shape != (2, settings["num_classes"]):
+        raise ConfigError(f"config error at '{model_field}': model '{run.model}' ({spec.builder.__module__}) gives "
+                          f"output of shape {list(probe.output_shape)} for a batch of 2 images of run {run.id}, "
+                          f"expected [2, {settings['num_classes']}]: one logit per class of {run.dataset}. Its "
+                          "builder must size its head by num_classes, its first argument")
+    if settings["trainable"] != "all":
+        _check_freeze(run, study, spec, settings["trainable"], probe, where)
+
+
+def _check_weights_and_channels(run: Run, spec: Any, settings: dict, where: str, model_field: str) -> None:
+    """Pretraining needs weights and the images they were made for: their channels (and, for a model whose
+    position embedding the weights fix, their size); a normalisation has one value per channel (or one for all)."""
+    if settings["pretrained"] and spec.pretrained_weights is None:
+        with_weights = [m for m in models.model_names() if models.get_spec(m).pretrained_weights]
+        raise ConfigError(f"config error at '{where}.pretrained': study {run.study} sets pretrained: true, but model "
+                          f"'{run.model}' ('{model_field}') has no pretrained weights: it trains from scratch. Models "
+                          f"with ImageNet weights: {', '.join(with_weights)}, and any torchvision.<name> of "
+                          f"torchvision's zoo. Set pretrained: false, or train {run.model} in a study of its own")
+    channels, norm = settings["in_channels"], settings["input"]
+    if spec.pretrained_weights is not None and channels != spec.channels:
+        raise ConfigError(f"config error at '{where}.input.rgb': model '{run.model}' takes {spec.channels}-channel "
+                          f"images, but {run.dataset} has {channels}-channel images and input.rgb is false; "
+                          "valid value here: true (grey images are repeated to RGB)")
+    if settings["pretrained"] and zoo.is_zoo_name(run.model):
+        member = models.weights_member(run.model, settings["model_options"])
+        fixed = zoo.fixed_input_size(run.model, member)
+        if fixed and norm["size"] != fixed:
+            raise ConfigError(f"config error at '{where}.input.size': the weights of '{run.model}' ({member}) take "
+                              f"{fixed} px images (its position embedding is sized for them), but run {run.id} feeds "
+                              f"{norm['size'] or 'its dataset size in'} px; set input.size: model (or {fixed}), or "
+                              "pretrained: false")
+    for key in ("mean", "std"):
+        if len(norm[key]) not in (0, 1, channels):
+            raise ConfigError(f"config error at '{where}.input.normalization': normalization '{norm['normalization']}' "
+                              f"has {len(norm[key])} {key} values ({norm[key]}), but run {run.id} feeds "
+                              f"{channels}-channel images ({run.dataset}, input.rgb {str(norm['rgb']).lower()}); "
+                              f"expected {'1 value' if channels == 1 else f'1 or {channels} values'} per statistic")
+
+
+def _check_freeze(run: Run, study: dict, spec: Any, trainable: list, probe: ModelProbe, where: str) -> None:
+    """Every module prefix of the run's freeze level names a module of its model, and one of them holds a
+    parameter."""
     level, field = run.freeze, f"freeze_levels.{run.freeze}"
     used = f"used by study {run.study} ('{where}.freeze[{study['freeze'].index(level)}]') for model {run.model}"
     top = ", ".join(probe.children)

@@ -499,7 +499,8 @@ def write_record(run: Run) -> dict:
         "eval_every": run.eval_every,
         "params_total": sum(p.numel() for p in run.model.parameters()),
         "params_trainable": sum(p.numel() for p in run.trainable),
-        "pretrained_weights": models.get_spec(settings["model"]).pretrained_weights if settings["pretrained"] else None,
+        "pretrained_weights": (models.weights_name(settings["model"], settings["model_options"])
+                               if settings["pretrained"] else None),
         "schedule": run.schedule.describe(),
         "speed": _speed_record(run),
         "torch_version": torch.__version__,

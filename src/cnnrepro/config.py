@@ -23,8 +23,8 @@ import yaml
 
 from cnnrepro import models
 from cnnrepro.data.augment import AUGMENTATIONS
-from cnnrepro.models import zoo
 from cnnrepro.data.catalog import DATASETS
+from cnnrepro.models import zoo
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"

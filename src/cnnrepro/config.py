@@ -249,10 +249,25 @@ def register_named_models(config: dict) -> None:
                 raise ConfigError(f"config error at '{field}': {error}") from None
 
 
+def load_model_files(config: dict) -> None:
+    """Import the config's model files (before the schema check, whose list of model names must hold their models);
+    a file that fails is an error naming the field, the file, the line and the error."""
+    files = config.get("model_files")
+    if not isinstance(files, list):
+        return  # the schema says what is wrong with it
+    for i, path in enumerate(files):
+        if isinstance(path, str) and path:
+            try:
+                models.load_model_file(path)
+            except models.ModelFileError as error:
+                raise ConfigError(f"config error at 'model_files[{i}]': {error}") from None
+
+
 def validate(config: dict) -> dict:
     """Check ``config`` against the schema in one pass that fills its defaults in place, then check what
     the schema cannot (names defined elsewhere in the config, files). Recipes are checked per run
     (:func:`run_settings`), after grid values are applied."""
+    load_model_files(config)
     register_named_models(config)
     _check_against(config, config_schema())
     apply_min_seeds(config)
@@ -590,6 +605,10 @@ def _run_settings(config: dict, run: Run, grid_values: dict) -> dict:
         "latency_data_parallel": study["latency_data_parallel"],
         "size_unit": study["size_unit"].get(run.dataset, "MiB"),
     }
+    source = models.source_of(run.model)
+    if source is not None:
+        # The file's content is part of the run: an edit reruns the runs of its models, and only those.
+        settings["model_file"] = {"path": source.path, "sha256": source.sha256}
     _check_model(config, run, study, settings, where)
     return settings
 
@@ -705,7 +724,8 @@ def _check_model(config: dict, run: Run, study: dict, settings: dict, where: str
                           f"native input is {spec.channels}x{spec.input_size}x{spec.input_size}; set input.size to a "
                           "size the model takes")
     if probe.output_shape is not None and probe.output_shape != (2, settings["num_classes"]):
-        raise ConfigError(f"config error at '{model_field}': model '{run.model}' ({spec.builder.__module__}) gives "
+        raise ConfigError(f"config error at '{model_field}': model '{run.model}' "
+                          f"({models.user_files.owner(spec.builder.__module__)}) gives "
                           f"output of shape {list(probe.output_shape)} for a batch of 2 images of run {run.id}, "
                           f"expected [2, {settings['num_classes']}]: one logit per class of {run.dataset}. Its "
                           "builder must size its head by num_classes, its first argument")

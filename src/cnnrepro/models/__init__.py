@@ -18,9 +18,11 @@ from .pretrained import (
     weights_url,
 )
 from .registry import FeatureSplit, ModelNameTaken, ModelSpec, get_spec, model_names, register_model, unregister_model
+from .user_files import ModelFileError, load_model_file, source_of, unload_model_file
 
 __all__ = [
     "FeatureSplit",
+    "ModelFileError",
     "ModelNameTaken",
     "ModelSpec",
     "apply_freeze",
@@ -31,10 +33,13 @@ __all__ = [
     "fetch_weights",
     "fetch_weights_file",
     "get_spec",
+    "load_model_file",
     "load_weights",
     "model_names",
     "register_model",
     "set_bn_mode",
+    "source_of",
+    "unload_model_file",
     "unregister_model",
     "weights_file",
     "weights_member",

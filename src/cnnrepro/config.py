@@ -22,8 +22,9 @@ import torch
 import yaml
 
 from cnnrepro import models
+from cnnrepro.data import declared
 from cnnrepro.data.augment import AUGMENTATIONS
-from cnnrepro.data.catalog import DATASETS
+from cnnrepro.data.catalog import DATASETS, DatasetInfo
 from cnnrepro.models import zoo
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -122,15 +123,16 @@ def load_schema() -> dict:
 
 
 def config_schema() -> dict:
-    """The config schema, with the model, dataset and augmentation names taken from their registrations (read at
-    each call, so a model registered at run time is a valid name). Shared: never change it."""
-    return _named_schema(str(SCHEMA_PATH), tuple(models.model_names()), tuple(DATASETS), tuple(AUGMENTATIONS))
+    """The config schema, with the model and augmentation names taken from their registrations (read at each call,
+    so a model registered at run time is a valid name; dataset names are checked against the built-in and declared
+    ones by :func:`check_semantics`). Shared: never change it."""
+    return _named_schema(str(SCHEMA_PATH), tuple(models.model_names()), tuple(AUGMENTATIONS))
 
 
 @functools.lru_cache(maxsize=16)
-def _named_schema(path: str, model_names: tuple, dataset_names: tuple, augment_names: tuple) -> dict:
+def _named_schema(path: str, model_names: tuple, augment_names: tuple) -> dict:
     schema = copy.deepcopy(_schema_file(path))
-    names = {"model_name": model_names, "dataset_name": dataset_names, "augment_name": augment_names}
+    names = {"model_name": model_names, "augment_name": augment_names}
     for definition, values in names.items():
         schema["definitions"][definition]["enum"] = list(values)
     return schema
@@ -293,6 +295,9 @@ def apply_min_seeds(config: dict) -> None:
 
 # A study's input.size or input.normalization that each run takes from its model (its weights' own transforms).
 MODEL_NATIVE = "model"
+# A study's input.normalization by the train split's own mean and std, computed when the dataset is prepared.
+AUTO_NORMALIZATION = "auto"
+PER_RUN_NORMALIZATIONS = (MODEL_NATIVE, AUTO_NORMALIZATION)
 
 
 def normalizations(config: dict) -> dict[str, dict]:
@@ -318,9 +323,10 @@ def _check_names(config: dict, name: str, study: dict) -> None:
             raise ConfigError(f"config error at '{where}.freeze[{i}]': unknown freeze level '{level}'; "
                               f"defined levels: {', '.join(levels)}. Define it under 'freeze_levels'.")
     norm = study["input"]["normalization"]
-    if norm not in norms and norm != MODEL_NATIVE:
+    if norm not in norms and norm not in PER_RUN_NORMALIZATIONS:
         raise ConfigError(f"config error at '{where}.input.normalization': unknown normalization "
-                          f"'{norm}'; defined: {', '.join([*norms, MODEL_NATIVE])}. Define it under 'normalization'.")
+                          f"'{norm}'; defined: {', '.join([*norms, *PER_RUN_NORMALIZATIONS])}. Define it under "
+                          "'normalization'.")
 
 
 def _grid_axes(schema: dict) -> dict[str, list[str]]:
@@ -348,7 +354,7 @@ EXCLUDE_FIELDS = ("dataset", "model", "freeze", "seed")
 def _check_exclude(config: dict, where: str, study: dict) -> None:
     """An exclude rule names run fields (a misspelt one would silently exclude nothing) and known names."""
     fields = [*EXCLUDE_FIELDS, *study["grid"]]
-    known = {"dataset": tuple(DATASETS), "model": models.model_names(),
+    known = {"dataset": dataset_names(config), "model": models.model_names(),
              "freeze": tuple(config["freeze_levels"])}
     for i, rule in enumerate(study["exclude"]):
         if not rule:
@@ -377,8 +383,8 @@ def _check_normalizations(config: dict) -> None:
 
 def _check_data(config: dict) -> None:
     """Each dataset's source can deliver both splits: npz files named and on disk, a test split carved only
-    where the source has none. Checked for every dataset a study uses (its files are needed) and, for what
-    the files cannot change, for every per-dataset override."""
+    where the source has none, a declared dataset's facts readable. Checked for every dataset a study uses (its
+    files are needed) and, for what the files cannot change, for every per-dataset override."""
     used = {dataset for study in config["studies"].values() for dataset in study["datasets"]}
     for dataset in sorted(used | set(config["data"]["datasets"])):
         where = f"data.datasets.{dataset}"
@@ -386,17 +392,11 @@ def _check_data(config: dict) -> None:
         source, npz, carve = settings["source"], settings["npz"], settings["split_test_from_train"]
         origin = (f"{where}.source" if "source" in config["data"]["datasets"].get(dataset, {})
                   else "data.source")
+        has_test = _source_has_test(config, dataset, settings)
         if source == "npz":
             if not npz:
                 raise ConfigError(f"config error at '{where}.npz': source npz (set by '{origin}') needs "
                                   "{train: path, test: path} (test may be left out with split_test_from_train)")
-            if "test" in npz and carve is not None:
-                raise ConfigError(f"config error at '{where}.split_test_from_train': {carve} asks to carve a test "
-                                  f"split from the training data, but '{where}.npz.test' gives one "
-                                  f"({npz['test']}); use one or the other")
-            if "test" not in npz and carve is None:
-                raise ConfigError(f"config error at '{where}.npz': no test file (npz.test) and no "
-                                  f"split_test_from_train; give one of them")
             if dataset in used:
                 for split, path in npz.items():
                     if not Path(path).is_file():
@@ -405,12 +405,130 @@ def _check_data(config: dict) -> None:
                             f"resolved against the working directory, {Path.cwd()}); expected an npz file with keys "
                             f"x (uint8 [N,H,W] or [N,H,W,C]) and y, or set '{where}.source' to torchvision or "
                             "synthetic")
-        elif carve is not None:
-            raise ConfigError(f"config error at '{where}.split_test_from_train': {carve} is only for source npz "
-                              f"without a test file; the {source} source (set by '{origin}') has its own test split")
         elif npz:
             raise ConfigError(f"config error at '{where}.npz': npz files are given but the source is {source} "
                               f"(set by '{origin}'), which never reads them; set '{where}.source: npz' or drop npz")
+        if has_test and carve is not None:
+            given = (f"'{where}.npz.test' gives one ({npz['test']})" if source == "npz" else
+                     f"'{where}.test' gives one" if source == "imagefolder" else
+                     f"the {source} source (set by '{origin}') has its own test split")
+            raise ConfigError(f"config error at '{where}.split_test_from_train': {carve} asks to carve a test split "
+                              f"from the training data, but {given}; use one or the other")
+        if not has_test and carve is None:
+            what = "no test file (npz.test)" if source == "npz" else f"no test split ({source} source)"
+            raise ConfigError(f"config error at '{where}.{'npz' if source == 'npz' else 'split_test_from_train'}': "
+                              f"{what} and no split_test_from_train; give one of them")
+
+
+def _source_has_test(config: dict, dataset: str, settings: dict) -> bool:
+    """Whether the dataset's source gives a test split of its own (else one is carved: split_test_from_train)."""
+    source = settings["source"]
+    if source == "npz":
+        return bool(settings["npz"]) and "test" in settings["npz"]
+    if dataset in DATASETS or source == "synthetic":
+        return True
+    if source == "imagefolder":
+        return "test" in settings
+    return "test" in declared.split_arguments(settings)
+
+
+def declared_datasets(config: dict) -> list[str]:
+    """The datasets a config declares under data.datasets (names that are not built in)."""
+    return [name for name in config["data"]["datasets"] if name not in DATASETS]
+
+
+def dataset_names(config: dict) -> tuple[str, ...]:
+    return (*DATASETS, *declared_datasets(config))
+
+
+# The keys that declare a dataset of one's own (a built-in one keeps its own data).
+DECLARING_KEYS = ("class", "args", "splits", "train", "test", "store_size")
+
+
+def _check_declarations(config: dict) -> None:
+    """Every name under data.datasets is a built-in dataset (overridden) or declares one; every dataset a study,
+    a size unit or an exclude rule names exists."""
+    builtin = ", ".join(DATASETS)
+    for name, declaration in config["data"]["datasets"].items():
+        where = f"data.datasets.{name}"
+        declaring = [key for key in DECLARING_KEYS if key in declaration]
+        if name in DATASETS and declaring:
+            raise ConfigError(f"config error at '{where}.{declaring[0]}': {name} is a built-in dataset, whose data "
+                              "is its own; declare your dataset under a name of its own (data.datasets.<name>)")
+        if name in DATASETS and declaration.get("source") == "imagefolder":
+            raise ConfigError(f"config error at '{where}.source': {name} is a built-in dataset; image folders are "
+                              "a dataset of their own: declare it under another name")
+        if name not in DATASETS and not ({"class", "train"} & set(declaration)):
+            raise ConfigError(f"config error at '{where}': '{name}' is not a built-in dataset (valid values: "
+                              f"{builtin}) and declares none of its own: give class (a torchvision dataset, e.g. "
+                              "class: FashionMNIST) or train (an image folder with one sub-folder per class)")
+        if name not in DATASETS:
+            source = data_settings(config, name)["source"]
+            needs = {"torchvision": "class", "imagefolder": "train"}.get(source)
+            if needs and needs not in declaration:
+                origin = f"{where}.source" if "source" in declaration else "data.source"
+                raise ConfigError(f"config error at '{where}.{needs}': source {source} (set by '{origin}') reads "
+                                  f"{'a torchvision class' if needs == 'class' else 'image folders'}, but {name} "
+                                  f"declares no {needs}; give it, or set '{where}.source'")
+    known = dataset_names(config)
+    valid = f"valid values: {', '.join(known)} (the built-in ones and those declared under data.datasets)"
+    for study_name, study in config["studies"].items():
+        for i, dataset in enumerate(study["datasets"]):
+            if dataset not in known:
+                raise ConfigError(f"config error at 'studies.{study_name}.datasets[{i}]': unknown dataset "
+                                  f"'{dataset}'; {valid}")
+        for dataset in study["size_unit"]:
+            if dataset not in known:
+                raise ConfigError(f"config error at 'studies.{study_name}.size_unit.{dataset}': unknown dataset "
+                                  f"'{dataset}'; {valid}")
+
+
+def declared_facts(config: dict, name: str) -> declared.Facts:
+    """What a declared dataset holds (classes, channels, sizes), read from its data before any job."""
+    try:
+        return declared.facts_of(config["data"]["datasets"][name], config["data_root"])
+    except declared.DeclarationError as error:
+        raise ConfigError(f"config error at 'data.datasets.{name}.{error.key}': {error}") from None
+
+
+def _study_sizes(config: dict, name: str) -> Iterable[int]:
+    """The input sizes the runs on dataset ``name`` feed their models (input.size after the limits), where set."""
+    limit = config["limits"]["input_size"]
+    for study in config["studies"].values():
+        if name not in study["datasets"]:
+            continue
+        for size in (study["input"]["size"], *study["grid"].get("input.size", ())):
+            if size == MODEL_NATIVE:
+                yield from (limit or _native_input(m, study["model_options"].get(m, {}))[0] for m in study["models"])
+            elif size:
+                yield limit or size
+
+
+def store_size(config: dict, name: str, facts: declared.Facts) -> int:
+    """The side a declared dataset's images are stored at: its store_size, else the largest input size of the runs
+    on it, else the images' own when all are square and of one size."""
+    declaration = config["data"]["datasets"][name]
+    if declaration.get("store_size"):
+        return declaration["store_size"]
+    sizes = list(_study_sizes(config, name))
+    if sizes:
+        return max(sizes)
+    if facts.native_size:
+        return facts.native_size
+    raise ConfigError(f"config error at 'data.datasets.{name}.store_size': the images of {name} ({facts.origin}) "
+                      "are not all square and of one size, and no study that uses it sets input.size; set store_size "
+                      "(the side every image is resized to when it is prepared) or the studies' input.size")
+
+
+def dataset_info(config: dict, name: str) -> DatasetInfo:
+    """What a dataset holds: a built-in one's catalog entry, or a declared one's facts at its stored size."""
+    if name in DATASETS:
+        return DATASETS[name]
+    facts = declared_facts(config, name)
+    declaration = config["data"]["datasets"][name]
+    return DatasetInfo(name=name, torchvision_class=declaration.get("class", ""), channels=facts.channels,
+                       size=store_size(config, name, facts), num_classes=len(facts.classes), classes=facts.classes,
+                       raw_files=(), mean=(), std=(), split_sizes=dict(facts.split_sizes))
 
 
 # The config's folders: each is created where it does not exist yet.
@@ -434,6 +552,7 @@ def check_semantics(config: dict) -> None:
     (Each stage checks what it will read on top of this before any job runs: cnnrepro.startup.)"""
     full = config_schema()
     _check_folders(config)
+    _check_declarations(config)
     _check_normalizations(config)
     for name, study in config["studies"].items():
         where = f"studies.{name}"
@@ -581,7 +700,7 @@ def _run_settings(config: dict, run: Run, grid_values: dict) -> dict:
     pretrained = study["pretrained"]
     if limits["pretrained"] is not None:
         pretrained = pretrained and limits["pretrained"]
-    dataset = DATASETS[run.dataset]
+    dataset = dataset_info(config, run.dataset)
     model_options = _model_options(run, study, where)
     settings = {
         "run_id": run.id,
@@ -605,6 +724,10 @@ def _run_settings(config: dict, run: Run, grid_values: dict) -> dict:
         "latency_data_parallel": study["latency_data_parallel"],
         "size_unit": study["size_unit"].get(run.dataset, "MiB"),
     }
+    if run.dataset not in DATASETS:
+        # A declared dataset's runs: images as stored unless input.size says otherwise; its class names (figures).
+        settings["input"]["size"] = settings["input"]["size"] or dataset.size
+        settings["classes"] = list(dataset.classes)
     source = models.source_of(run.model)
     if source is not None:
         # The file's content is part of the run: an edit reruns the runs of its models, and only those.
@@ -645,7 +768,9 @@ def _run_input(config: dict, run: Run, input_cfg: dict, options: dict, where: st
         size = _native_input(run.model, options)[0]
     if config["limits"]["input_size"] and size:
         size = config["limits"]["input_size"]
-    if name == MODEL_NATIVE:
+    if name == AUTO_NORMALIZATION:
+        mean = std = []  # the train split's, recorded when the dataset is prepared: the job reads them there
+    elif name == MODEL_NATIVE:
         _, mean, std = _native_input(run.model, options)
         if not mean:
             raise ConfigError(f"config error at '{where}.input.normalization': 'model' asks for the normalisation "
@@ -706,7 +831,7 @@ def _check_model(config: dict, run: Run, study: dict, settings: dict, where: str
     model_field = f"{where}.models[{study['models'].index(run.model)}]"
     _check_weights_and_channels(run, spec, settings, where, model_field)
     size = settings["input"]["size"]
-    image = size or DATASETS[run.dataset].size
+    image = size or dataset_info(config, run.dataset).size
     channels = settings["in_channels"]
     probe = _probe_model(spec.builder, run.model, settings["num_classes"], channels, size, image,
                          json.dumps(settings["model_options"], sort_keys=True))
@@ -792,11 +917,24 @@ def settings_by_run(config: dict) -> dict[str, dict]:
 
 
 def data_settings(config: dict, dataset: str) -> dict:
-    """Source and sizes for one dataset: the global data settings with its per-dataset overrides."""
+    """Source and sizes for one dataset: the global data settings with its per-dataset overrides; for a declared
+    dataset also its facts (what its prepare job reads and checks), and where a study normalises by the train
+    split's own statistics (``normalization: auto``), that the prepare job computes them."""
     data = config["data"]
     override = copy.deepcopy(data["datasets"].get(dataset, {}))
     # A dataset without an override still gets the defaults of the keys only an override sets (npz, ...).
     schema = config_schema()
     _check_against(override, _fragment(schema, schema["properties"]["data"]["properties"]["datasets"][
         "additionalProperties"]), f"data.datasets.{dataset}")
-    return {**{k: v for k, v in data.items() if k != "datasets"}, **override}
+    settings = {**{k: v for k, v in data.items() if k != "datasets"}, **override}
+    if dataset not in DATASETS and dataset in data["datasets"]:
+        facts = declared_facts(config, dataset)
+        settings["facts"] = {**facts.record(), "size": store_size(config, dataset, facts)}
+    elif _normalized_by_train_statistics(config, dataset):
+        settings["train_statistics"] = True
+    return settings
+
+
+def _normalized_by_train_statistics(config: dict, dataset: str) -> bool:
+    return any(AUTO_NORMALIZATION in (study["input"]["normalization"], *study["grid"].get("input.normalization", ()))
+               for study in config["studies"].values() if dataset in study["datasets"])

@@ -394,7 +394,7 @@ def train_one_epoch(model, split: Split, optimizer, criterion, batch_size: int, 
     (``sample_mean``, what Keras logs: they differ when the last batch is smaller)."""
     model.train()
     models.set_bn_mode(model, bn_frozen)
-    device = split.x.device
+    device = split.device
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     batches = seen = 0
@@ -421,7 +421,7 @@ def train_one_epoch(model, split: Split, optimizer, criterion, batch_size: int, 
 def evaluate(model, split: Split, criterion, batch_size: int, num_classes: int, channels_last: bool,
              detailed: bool = False, amp: bool = False) -> dict:
     model.eval()
-    device = split.x.device
+    device = split.device
     # Sums stay on the device (float64: the same sums Python floats gave), so a GPU syncs once, not per batch.
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
     top5 = torch.zeros((), dtype=torch.long, device=device)

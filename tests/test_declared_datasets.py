@@ -100,7 +100,7 @@ def test_a_folder_prepares_resized_once_into_a_mapped_file_with_its_train_statis
     stats = sidecar["meta"]["train_statistics"]
     assert stats["mean"] == pytest.approx((x.double() / 255).mean(dim=(0, 2, 3)).tolist(), abs=1e-5)
     transform = splits.batch_transform(checked.settings["mine/fruit/fcnn/none/base/seed0"], torch.device("cpu"),
-                                       meta=data["meta"])
+                                       data=data)
     normalised = transform(x, None, False)
     assert normalised.mean(dim=(0, 2, 3)).abs().max() < 1e-4  # normalization: auto, by the train split's own
     assert "apple" in (tmp_path / "c.csv").read_text()

@@ -1,13 +1,16 @@
-"""The ``cnnrepro`` command: inspect what a configuration will run without running Snakemake."""
+"""The ``cnnrepro`` command: inspect what a configuration will run without running Snakemake; start a new study from
+a paper (new-study); fetch a dataset's files on a machine with internet (download)."""
 
 from __future__ import annotations
 
 import argparse
 import csv
 import sys
+from pathlib import Path
 
 from cnnrepro import config as cfg
-from cnnrepro import models, startup
+from cnnrepro import models, scaffold, startup
+from cnnrepro.data.catalog import DATASETS, DatasetUnavailable
 from cnnrepro.engine.recipe import build_run_model
 from cnnrepro.plan import rates, runs
 
@@ -94,10 +97,31 @@ def plan_tables(checked: startup.Checked, device: str, eval_every: int,
     return header, rows, [*studies, total]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cnnrepro", description=__doc__)
-    parser.add_argument("--config", default="config.yaml", help="base config (default: config.yaml)")
-    parser.add_argument("--configfile", action="append", help="overlay, as with snakemake --configfile")
+def _merged(config_path: str, overlays: list[str]) -> dict:
+    config = cfg.load_yaml(config_path)
+    for overlay in overlays:
+        config = cfg.deep_merge(config, cfg.load_yaml(overlay))
+    return config
+
+
+def download(config: dict, dataset: str) -> str:
+    """Fetch a dataset's torchvision files into data_root (needs internet): a built-in one, or one the config
+    declares with a class, whose facts (for a class cnnrepro does not describe) are then read from them."""
+    from cnnrepro.data import sources  # deferred: torchvision (~2 s), which only downloading needs
+
+    cfg.check_schema(config)
+    declaration = config["data"]["datasets"].get(dataset, {})
+    if dataset in DATASETS:
+        sources.download(dataset, config["data_root"])
+    elif "class" in declaration:
+        sources.download_declared(declaration, config["data_root"])
+    else:
+        raise cfg.ConfigError(f"config error at 'data.datasets.{dataset}': no built-in dataset and no torchvision "
+                              f"class declared under that name; built in: {', '.join(DATASETS)}")
+    return config["data_root"]
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     p_models = sub.add_parser("models", help="parameter counts of every (model, dataset, freeze level) configured")
     p_models.add_argument("--format", choices=["csv"], help="machine-readable output")
@@ -110,10 +134,41 @@ def main(argv: list[str] | None = None) -> int:
     p_plan.add_argument("--eval-every", type=int, default=10,
                         help="eval_every of the 'all savings' column (default 10)")
     p_plan.add_argument("--format", choices=["csv"], help="machine-readable: one row per run")
+    p_new = sub.add_parser("new-study", help="write a commented study skeleton and its paper-table CSV to fill")
+    p_new.add_argument("name", help="the study's name (letters, digits, underscores)")
+    p_new.add_argument("--models", nargs="+", required=True,
+                       help="built-in names, torchvision.<name> of torchvision's zoo, or your own (--model-file)")
+    p_new.add_argument("--datasets", nargs="+", required=True,
+                       help="built-in names, torchvision dataset classes (FashionMNIST), or image folders")
+    p_new.add_argument("--model-file", action="append", default=[], help="a Python file of your own networks")
+    p_new.add_argument("--out", default="studies", help="the folder the two files go to (default: studies)")
+    p_download = sub.add_parser("download", help="fetch a dataset's torchvision files into data_root (internet)")
+    p_download.add_argument("dataset", help="a built-in dataset, or one declared with a torchvision class")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cnnrepro", description=__doc__)
+    parser.add_argument("--config", default="config.yaml", help="base config (default: config.yaml)")
+    parser.add_argument("--configfile", action="append", help="overlay, as with snakemake --configfile")
+    _subcommands(parser)
     args = parser.parse_args(argv)
     try:
+        if args.command == "new-study":
+            study, table = scaffold.new_study(args.name, args.models, args.datasets, args.model_file,
+                                              Path(args.out))
+            print(f"wrote {study} (the study: fill its TODOs from the paper) and {table} (the paper's numbers)\n"
+                  f"next: cnnrepro --configfile {study} check; docs/new-study.md walks through the rest")
+            return 0
+        if args.command == "download":
+            try:
+                root = download(_merged(args.config, args.configfile or []), args.dataset)
+            except DatasetUnavailable as error:  # no internet, or the download failed: what to do instead
+                print(f"cnnrepro: {error}", file=sys.stderr)
+                return 1
+            print(f"{args.dataset}: torchvision's files are in {root}")
+            return 0
         checked = startup.load(args.config, args.configfile or [])
-    except (cfg.ConfigError, FileNotFoundError) as error:
+    except (cfg.ConfigError, FileNotFoundError, ValueError) as error:
         print(f"cnnrepro: {error}", file=sys.stderr)
         return 2
     config = checked.config

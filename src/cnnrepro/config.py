@@ -265,6 +265,15 @@ def load_model_files(config: dict) -> None:
                 raise ConfigError(f"config error at 'model_files[{i}]': {error}") from None
 
 
+def check_schema(config: dict) -> dict:
+    """The schema's check alone (defaults filled in place), after registering the models the config names: for a
+    command that needs the config's values before its datasets' facts can be read (cnnrepro download)."""
+    load_model_files(config)
+    register_named_models(config)
+    _check_against(config, config_schema())
+    return config
+
+
 def validate(config: dict) -> dict:
     """Check ``config`` against the schema in one pass that fills its defaults in place, then check what
     the schema cannot (names defined elsewhere in the config, files). Recipes are checked per run
@@ -918,8 +927,7 @@ def settings_by_run(config: dict) -> dict[str, dict]:
 
 def data_settings(config: dict, dataset: str) -> dict:
     """Source and sizes for one dataset: the global data settings with its per-dataset overrides; for a declared
-    dataset also its facts (what its prepare job reads and checks), and where a study normalises by the train
-    split's own statistics (``normalization: auto``), that the prepare job computes them."""
+    dataset also its facts (what its prepare job reads and checks)."""
     data = config["data"]
     override = copy.deepcopy(data["datasets"].get(dataset, {}))
     # A dataset without an override still gets the defaults of the keys only an override sets (npz, ...).
@@ -930,11 +938,4 @@ def data_settings(config: dict, dataset: str) -> dict:
     if dataset not in DATASETS and dataset in data["datasets"]:
         facts = declared_facts(config, dataset)
         settings["facts"] = {**facts.record(), "size": store_size(config, dataset, facts)}
-    elif _normalized_by_train_statistics(config, dataset):
-        settings["train_statistics"] = True
     return settings
-
-
-def _normalized_by_train_statistics(config: dict, dataset: str) -> bool:
-    return any(AUTO_NORMALIZATION in (study["input"]["normalization"], *study["grid"].get("input.normalization", ()))
-               for study in config["studies"].values() if dataset in study["datasets"])

@@ -39,7 +39,7 @@ class PaperExamples:
     def __init__(self, settings: dict, data: str | Path, count: int):
         compact = read_verified(data)
         self.images = compact["splits"]["test"]["x"][:count]
-        self.transform = batch_transform(settings, torch.device("cpu"), augment_name="none", meta=compact["meta"])
+        self.transform = batch_transform(settings, torch.device("cpu"), augment_name="none", data=compact)
 
     def __len__(self) -> int:
         return len(self.images)

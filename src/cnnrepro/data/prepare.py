@@ -28,7 +28,7 @@ from cnnrepro.data.sources import (
     open_declared,
     torchvision_arrays,
 )
-from cnnrepro.data.splits import label_array, stratified_select, stratified_split
+from cnnrepro.data.splits import channel_statistics, label_array, stratified_select, stratified_split
 from cnnrepro.runtime.io import atomic_path, sha256_file
 
 log = logging.getLogger(__name__)
@@ -197,8 +197,6 @@ def prepare(
     if n_sub_train is not None or n_sub_test is not None:
         data = subsample(data, n_sub_train, n_sub_test, seed)
         meta["subsample"] = {"train": n_sub_train, "test": n_sub_test, "seed": seed, "stratified": True}
-    if options.get("train_statistics"):  # a study normalises by them (normalization: auto)
-        meta["train_statistics"] = channel_statistics(data["train"][0])
 
     return write_compact({s: data[s] for s in SPLITS}, out_path, meta)
 
@@ -254,23 +252,6 @@ def dataset_facts(dataset: str, data_settings: Mapping[str, Any]) -> DatasetInfo
     return DatasetInfo(name=dataset, torchvision_class=data_settings.get("class", ""), channels=facts["channels"],
                        size=facts["size"], num_classes=len(facts["classes"]), classes=tuple(facts["classes"]),
                        raw_files=(), mean=(), std=(), split_sizes=facts["split_sizes"])
-
-
-def channel_statistics(x: torch.Tensor, chunk_bytes: int = 32 * 2**20) -> dict[str, list[float]]:
-    """Per-channel mean and standard deviation of uint8 images [N, C, H, W] as the networks see them (pixels / 255),
-    summed in float64 a chunk of at most ``chunk_bytes`` at a time (a mapped split is never read whole)."""
-    channels = x.shape[1]
-    chunk = max(1, chunk_bytes // max(8 * x[0].numel(), 1) if len(x) else 1)
-    total = torch.zeros(channels, dtype=torch.float64)
-    squares = torch.zeros(channels, dtype=torch.float64)
-    for start in range(0, len(x), chunk):
-        part = x[start:start + chunk].to(torch.float64).div_(255.0)
-        total += part.sum(dim=(0, 2, 3))
-        squares += part.square().sum(dim=(0, 2, 3))
-    count = max(len(x) * x.shape[2] * x.shape[3], 1)
-    mean = total / count
-    std = (squares / count - mean.square()).clamp_min(0).sqrt()
-    return {"mean": [round(float(v), 6) for v in mean], "std": [round(float(v), 6) for v in std]}
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -77,26 +77,44 @@ def identity(x: torch.Tensor, generator=None, train: bool = False) -> torch.Tens
     return x
 
 
-def normalization(settings: dict, meta: dict | None = None) -> tuple[list, list]:
-    """The run's (mean, std): its settings', or with ``normalization: auto`` the train split's own, recorded when
-    the dataset was prepared (the compact file's meta)."""
+def normalization(settings: dict, data: dict | None = None) -> tuple[list, list]:
+    """The run's (mean, std): its settings', or with ``normalization: auto`` the train split's own: recorded when a
+    declared dataset was prepared, computed from the prepared train split of a built-in one (whose file other
+    studies share, so a study asking for them does not prepare it again)."""
     inp = settings["input"]
     if inp.get("normalization") != AUTO:
         return inp["mean"], inp["std"]
-    stats = (meta or {}).get("train_statistics")
-    if not stats:
-        raise DatasetCorrupt(f"{settings['dataset']}: normalization auto needs the train split's statistics, which "
-                             "its compact file does not record (prepared before a study asked for them): delete "
-                             "the file and rerun snakemake, which prepares it again")
+    stats = (data or {}).get("meta", {}).get("train_statistics")
+    if stats is None:
+        if data is None:
+            raise ValueError("normalization auto needs the prepared dataset to read its statistics from")
+        stats = channel_statistics(data["splits"]["train"]["x"])
     return stats["mean"], stats["std"]
 
 
+def channel_statistics(x: torch.Tensor, chunk_bytes: int = 32 * 2**20) -> dict[str, list[float]]:
+    """Per-channel mean and standard deviation of uint8 images [N, C, H, W] as the networks see them (pixels / 255),
+    summed in float64 a chunk of at most ``chunk_bytes`` at a time (a mapped split is never read whole)."""
+    channels = x.shape[1]
+    chunk = max(1, chunk_bytes // max(8 * x[0].numel(), 1) if len(x) else 1)
+    total = torch.zeros(channels, dtype=torch.float64)
+    squares = torch.zeros(channels, dtype=torch.float64)
+    for start in range(0, len(x), chunk):
+        part = x[start:start + chunk].to(torch.float64).div_(255.0)
+        total += part.sum(dim=(0, 2, 3))
+        squares += part.square().sum(dim=(0, 2, 3))
+    count = max(len(x) * x.shape[2] * x.shape[3], 1)
+    mean = total / count
+    std = (squares / count - mean.square()).clamp_min(0).sqrt()
+    return {"mean": [round(float(v), 6) for v in mean], "std": [round(float(v), 6) for v in std]}
+
+
 def batch_transform(settings: dict, device: torch.device, augment_name: str | None = None,
-                    meta: dict | None = None):
-    """The run's on-device batch transform (input adaptation, augmentation, normalisation); ``meta``: the compact
-    file's, where normalization: auto reads its statistics."""
+                    data: dict | None = None):
+    """The run's on-device batch transform (input adaptation, augmentation, normalisation); ``data``: the compact
+    dataset, whose train split normalization: auto reads its statistics from."""
     inp = settings["input"]
-    mean, std = normalization(settings, meta)
+    mean, std = normalization(settings, data)
     spec = {"rgb": inp["rgb"], "input_size": inp["size"], "augment": augment_name or settings["augment"],
             "mean": mean, "std": std, "channels_last": settings["speed"]["channels_last"]}
     return augment.build_batch_transform(spec, device)
@@ -120,7 +138,7 @@ def build_splits(settings: dict, data: dict, device: torch.device, generator: to
     device or streamed from the mapped file (``stream``: decided by the device's memory budget unless given)."""
     train_x, train_y = data["splits"]["train"]["x"], data["splits"]["train"]["y"]
     test_x, test_y = data["splits"]["test"]["x"], data["splits"]["test"]["y"]
-    transform = batch_transform(settings, device, meta=data.get("meta"))
+    transform = batch_transform(settings, device, data=data)
     stream = streams(data, device) if stream is None else stream
     train_idx = val_idx = None
     if settings["eval_split"] == "val":

@@ -79,8 +79,8 @@ def _dataset_lines(choices: list[DatasetChoice]) -> list[str]:
         for key, value in choice.declaration.items():
             lines.append(f"      {key}: {json.dumps(value) if isinstance(value, str) else value}")
         if choice.declaration.get("class") == "EMNIST":
-            lines.append("      args: {split: balanced}   # EMNIST's split: byclass, bymerge, balanced, letters, digits")
-        lines.append("      # store_size: 64        # the side images are stored at (default: the studies' input.size)")
+            lines.append("      args: {split: balanced}   # byclass, bymerge, balanced, letters, digits or mnist")
+        lines.append("      # store_size: 64   # the side images are stored at (default: the studies' input.size)")
     return ["data:", "  datasets:", *lines] if lines else []
 
 

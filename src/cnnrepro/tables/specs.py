@@ -56,7 +56,10 @@ def _selector_fields(config: dict, study: str) -> tuple[list[str], dict[str, lis
 def _check_selector(config: dict, study: str, selector: dict, field: str) -> None:
     """A paper row selects runs by fields they have (a misspelt one would select no run) and by names that exist."""
     fields, prefixed = _selector_fields(config, study)
-    known = {"dataset": cfg.dataset_names(config), "model": models.model_names(),
+    # The registered models and every model a study names (a zoo or model-file model is registered in the process
+    # that checked the config at start-up, not necessarily in the aggregation job that checks the table again).
+    named = (model for spec in config["studies"].values() for model in spec["models"])
+    known = {"dataset": cfg.dataset_names(config), "model": tuple(dict.fromkeys([*models.model_names(), *named])),
              "freeze": tuple(config["freeze_levels"])}
     for key, value in selector.items():
         prefix, _, rest = key.partition(".")

@@ -189,7 +189,7 @@ def test_a_bad_declaration_is_refused_naming_its_key(declaration, words, tmp_pat
     assert not missing, f"{missing} not in: {error.value}"
 
 
-def test_a_declared_torchvision_dataset_is_read_offline_from_its_files(tmp_path):
+def test_a_declared_torchvision_dataset_is_read_offline_from_its_files(tmp_path, monkeypatch):
     """FashionMNIST's files have MNIST's format: the real MNIST files in ../shared/data stand in for them."""
     shared = REPO.parent / "shared" / "data" / "MNIST" / "raw"
     if not (shared / "t10k-images-idx3-ubyte").is_file():
@@ -209,6 +209,15 @@ def test_a_declared_torchvision_dataset_is_read_offline_from_its_files(tmp_path)
     assert [s["count"] for s in sidecar["splits"].values()] == [300, 100] and sidecar["meta"]["size"] == 28
     x = compact.read_compact(tmp_path / "f.pt")["splits"]["train"]["x"]
     assert x.shape == (300, 1, 28, 28) and 0.05 < float(x.float().mean()) / 255 < 0.3  # MNIST's ink
+
+    # A class cnnrepro does not describe has its facts read from its files (here: FashionMNIST, as if unknown).
+    monkeypatch.delitem(declared.KNOWN, "FashionMNIST")
+    declared._torchvision_facts.cache_clear()
+    facts = declared.facts_of({"class": "FashionMNIST"}, config["data_root"])
+    assert facts.origin == "torchvision FashionMNIST (read from its files)"
+    assert (facts.channels, facts.native_size, dict(facts.split_sizes)) == (1, 28, {"train": 60000, "test": 10000})
+    assert facts.classes[0] == "T-shirt/top"
+    declared._torchvision_facts.cache_clear()
 
 
 def _train(settings: dict, data: Path, folder: Path) -> dict:

@@ -86,3 +86,20 @@ def test_download_says_what_to_do_without_internet(workdir, monkeypatch, capsys)
     assert "downloading SVHN failed" in error and "Name or service not known" in error and "synthetic" in error
     assert cli.main([*base, "pets"]) == 2
     assert "'data.datasets.pets'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_declared_torchvision_dataset_is_downloaded_by_its_own_rule(tmp_path):
+    """Its own local rule (download_declared_dataset), so that the built-in datasets' download jobs keep theirs."""
+    from tests.test_e2e import copy_workflow, snakemake
+
+    workdir = copy_workflow(tmp_path, keep_studies=())
+    (workdir / "fashion.yaml").write_text(
+        "data: {datasets: {fashion: {class: FashionMNIST, source: torchvision}}}\n"
+        "studies: {fashion_study: {datasets: [fashion], models: [cnn], input: {normalization: auto},\n"
+        "  recipe: {lr: 0.01, batch_size: 8, epochs: 1}, benchmark: false}}\n")
+    dry = snakemake(workdir, "results/smoke/data/fashion.pt", "-n", "--cores", "1", "--configfile",
+                    "presets/smoke.yaml", "fashion.yaml", timeout=300)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert "rule download_declared_dataset:" in dry.stdout and "rule download_dataset:" not in dry.stdout
+    assert "results/smoke/data/fashion.declared-source-verified" in dry.stdout

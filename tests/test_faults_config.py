@@ -219,6 +219,21 @@ CASES = [
          "'studies.$SEED3.input.normalization'", "'imagenet' has 3 mean values", "expected 1 value per statistic"),
     case("normalization-mean-std-lengths", "normalization: {odd: {mean: [0.5, 0.5, 0.5], std: [0.25]}}",
          "'normalization.odd'", "mean has 3 values", "std has 1"),
+    # ----- numbers YAML reads that no bound refuses, folders that are files -----
+    case("nan-lr", "studies: {$SEED1: {recipe: {lr: .nan}}}", "'studies.$SEED1.recipe.lr'",
+         "nan is not a finite number"),
+    case("inf-lr", "studies: {$SEED1: {recipe: {lr: .inf}}}", "'studies.$SEED1.recipe.lr'",
+         "inf is not a finite number"),
+    case("inf-lr-in-a-grid", "studies: {$SEED4: {grid: {recipe.lr: [1.0e-3, .inf]}}}",
+         "'studies.$SEED4.grid.recipe.lr[1]'", "inf is not a finite number"),
+    case("results-is-a-file", "results: config.yaml", "'results'", "config.yaml is an existing file, not a folder"),
+    # ----- torchvision's zoo -----
+    case("unknown-zoo-model", "studies: {$SEED1: {models: [torchvision.densenet12]}}", "'studies.$SEED1.models[0]'",
+         "'torchvision.densenet12' is not one of torchvision's", "closest: torchvision.densenet121"),
+    case("zoo-weights-member-missing", "studies: {$SEED1: {models: [torchvision.resnet50], model_options: "
+         "{torchvision.resnet50: {weights: IMAGENET1K_V3}}}}",
+         "'studies.$SEED1.model_options.torchvision.resnet50.weights'", "'IMAGENET1K_V3' is not a weights member",
+         "its members: IMAGENET1K_V1, IMAGENET1K_V2"),
 ]
 
 
@@ -297,6 +312,20 @@ def test_the_model_check_builds_each_model_once_and_on_the_meta_device(smoke_con
     cfg._probe_model.cache_clear()
 
 
+def test_a_yaml_syntax_error_names_the_file_the_line_and_the_column(tmp_path, capsys, monkeypatch):
+    """Our loader (cnnrepro's commands, startup.load) names where the YAML breaks. Snakemake reads its --configfile
+    overlays itself, before the workflow starts, and names neither: `cnnrepro check --configfile` is the way."""
+    monkeypatch.chdir(REPO)
+    bad = tmp_path / "my_study.yaml"
+    bad.write_text("studies:\n  mine:\n    models: [cnn, fcnn}\n")
+    with pytest.raises(cfg.ConfigError, match=r"my_study.yaml, line 3, column 23: YAML syntax error.*expected ','"):
+        cfg.load_yaml(bad)
+    from cnnrepro import cli
+
+    assert cli.main(["--configfile", str(bad), "check"]) == 2
+    assert f"{bad}, line 3" in capsys.readouterr().err
+
+
 def test_the_metric_fields_are_the_numbers_summarize_writes():
     from tests.test_aggregate import bench_cpu, fake_record
 
@@ -323,7 +352,7 @@ SLOW_TEST = "test_a_broken_overlay_stops_snakemake_before_any_job"
 THROUGH_SNAKEMAKE = ("type-top-train_threads", "misspelt-recipe", "unknown-model", "unknown-freeze-level",
                      "grid-misspelt-recipe-key",
                      "freeze-prefix-matches-no-module", "native-size-model-on-other-images",
-                     "table-match-column-missing", "npz-file-missing")
+                     "table-match-column-missing", "npz-file-missing", "results-is-a-file")
 SNAKEMAKE_CASES = [c for c in CASES if c.id in THROUGH_SNAKEMAKE]
 
 

@@ -12,7 +12,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "cnnrepro"
 # The floors of docs/layout.md: a unit imports only units on lower floors (and modules of its own folder).
 FLOORS = {"runtime": 1, "models": 2, "data": 2, "engine": 3, "config": 3, "bench": 4, "tables": 4, "plan": 4,
-          "report": 5, "gpucheck": 5, "startup": 6, "cli": 7}
+          "report": 5, "gpucheck": 5, "startup": 6, "scaffold": 7, "cli": 8}
 MAX_FUNCTION_LINES = 80
 
 

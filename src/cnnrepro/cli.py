@@ -1,5 +1,6 @@
-"""The ``cnnrepro`` command: inspect what a configuration will run without running Snakemake, and (gpu-check) try it
-on a device before the real run."""
+"""The ``cnnrepro`` command: inspect what a configuration will run without running Snakemake; start a new study from
+a paper (new-study); fetch a dataset's files on a machine with internet (download); try a device before the real
+run (gpu-check)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import sys
 from pathlib import Path
 
 from cnnrepro import config as cfg
-from cnnrepro import models, startup
+from cnnrepro import models, scaffold, startup
+from cnnrepro.data.catalog import DATASETS, DatasetUnavailable
 from cnnrepro.engine.recipe import build_run_model
 from cnnrepro.gpucheck import check
 from cnnrepro.gpucheck import profiles as gpucheck_profiles
@@ -25,7 +27,7 @@ def model_rows(settings_by_run: dict[str, dict]) -> list[dict]:
         if key in seen:
             continue
         seen.add(key)
-        model = build_run_model(settings, pretrained=False)  # counts need no weights
+        model = build_run_model(settings, meta=True)  # counts need no weights, nor memory
         rows.append({"model": settings["model"], "dataset": settings["dataset"], "freeze": settings["freeze"],
                      "params": models.count_params(model),
                      "trainable_params": models.count_params(model, trainable_only=True)})
@@ -211,10 +213,32 @@ def gpu_check(checked: startup.Checked, args: argparse.Namespace, argv: list[str
         return 2
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cnnrepro", description=__doc__)
-    parser.add_argument("--config", default="config.yaml", help="base config (default: config.yaml)")
-    parser.add_argument("--configfile", action="append", help="overlay, as with snakemake --configfile")
+
+def _merged(config_path: str, overlays: list[str]) -> dict:
+    config = cfg.load_yaml(config_path)
+    for overlay in overlays:
+        config = cfg.deep_merge(config, cfg.load_yaml(overlay))
+    return config
+
+
+def download(config: dict, dataset: str) -> str:
+    """Fetch a dataset's torchvision files into data_root (needs internet): a built-in one, or one the config
+    declares with a class, whose facts (for a class cnnrepro does not describe) are then read from them."""
+    from cnnrepro.data import sources  # deferred: torchvision (~2 s), which only downloading needs
+
+    cfg.check_schema(config)
+    declaration = config["data"]["datasets"].get(dataset, {})
+    if dataset in DATASETS:
+        sources.download(dataset, config["data_root"])
+    elif "class" in declaration:
+        sources.download_declared(declaration, config["data_root"])
+    else:
+        raise cfg.ConfigError(f"config error at 'data.datasets.{dataset}': no built-in dataset and no torchvision "
+                              f"class declared under that name; built in: {', '.join(DATASETS)}")
+    return config["data_root"]
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     p_models = sub.add_parser("models", help="parameter counts of every (model, dataset, freeze level) configured")
     p_models.add_argument("--format", choices=["csv"], help="machine-readable output")
@@ -229,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     p_plan.add_argument("--format", choices=["csv"], help="machine-readable: one row per run")
     p_plan.add_argument("--gpus", type=int, default=1,
                         help="also give the wall clock on this many GPUs, with the config's gpu_share (default 1)")
+    p_plan.add_argument("--calibration", metavar=calibration.FILE_NAME,
+                        help="the step times cnnrepro gpu-check measured on --device replace the assumed rate")
     p_check = sub.add_parser("gpu-check", help="prove a first GPU run and time what the plan assumes (minutes)")
     p_check.add_argument("--device", choices=list(gpucheck_profiles.PROFILES), default="cuda",
                          help="cuda (default), or cpu: the same steps, small, to try the check itself")
@@ -237,12 +263,41 @@ def main(argv: list[str] | None = None) -> int:
                          help=f"comma-separated, of {', '.join(check.STEPS)} (default: all)")
     p_check.add_argument("--budget", type=float, default=gpucheck_profiles.BUDGET_SECONDS,
                          help="seconds; the step-time sweep skips what would run past it (default %(default)g)")
-    p_plan.add_argument("--calibration", metavar=calibration.FILE_NAME,
-                        help="the step times cnnrepro gpu-check measured on --device replace the assumed rate")
+    p_new = sub.add_parser("new-study", help="write a commented study skeleton and its paper-table CSV to fill")
+    p_new.add_argument("name", help="the study's name (letters, digits, underscores)")
+    p_new.add_argument("--models", nargs="+", required=True,
+                       help="built-in names, torchvision.<name> of torchvision's zoo, or your own (--model-file)")
+    p_new.add_argument("--datasets", nargs="+", required=True,
+                       help="built-in names, torchvision dataset classes (FashionMNIST), or image folders")
+    p_new.add_argument("--model-file", action="append", default=[], help="a Python file of your own networks")
+    p_new.add_argument("--out", default="studies", help="the folder the two files go to (default: studies)")
+    p_download = sub.add_parser("download", help="fetch a dataset's torchvision files into data_root (internet)")
+    p_download.add_argument("dataset", help="a built-in dataset, or one declared with a torchvision class")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cnnrepro", description=__doc__)
+    parser.add_argument("--config", default="config.yaml", help="base config (default: config.yaml)")
+    parser.add_argument("--configfile", action="append", help="overlay, as with snakemake --configfile")
+    _subcommands(parser)
     args = parser.parse_args(argv)
     try:
+        if args.command == "new-study":
+            study, table = scaffold.new_study(args.name, args.models, args.datasets, args.model_file,
+                                              Path(args.out))
+            print(f"wrote {study} (the study: fill its TODOs from the paper) and {table} (the paper's numbers)\n"
+                  f"next: cnnrepro --configfile {study} check; docs/new-study.md walks through the rest")
+            return 0
+        if args.command == "download":
+            try:
+                root = download(_merged(args.config, args.configfile or []), args.dataset)
+            except DatasetUnavailable as error:  # no internet, or the download failed: what to do instead
+                print(f"cnnrepro: {error}", file=sys.stderr)
+                return 1
+            print(f"{args.dataset}: torchvision's files are in {root}")
+            return 0
         checked = startup.load(args.config, args.configfile or [])
-    except (cfg.ConfigError, FileNotFoundError) as error:
+    except (cfg.ConfigError, FileNotFoundError, ValueError) as error:
         print(f"cnnrepro: {error}", file=sys.stderr)
         return 2
     config = checked.config

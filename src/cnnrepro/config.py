@@ -11,6 +11,7 @@ import copy
 import functools
 import itertools
 import json
+import math
 import re
 import warnings
 from dataclasses import dataclass
@@ -22,8 +23,10 @@ import torch
 import yaml
 
 from cnnrepro import models
+from cnnrepro.data import declared
 from cnnrepro.data.augment import AUGMENTATIONS
-from cnnrepro.data.catalog import DATASETS
+from cnnrepro.data.catalog import DATASETS, DatasetInfo
+from cnnrepro.models import zoo
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -93,8 +96,21 @@ def deep_merge(base: dict, overlay: dict) -> dict:
 
 
 def load_yaml(path: str | Path) -> dict:
+    """A YAML file as a dict; a syntax error is a ConfigError naming the file, the line and the column."""
     with open(path, encoding="utf-8") as handle:
-        return yaml.safe_load(handle) or {}
+        try:
+            loaded = yaml.safe_load(handle) or {}
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = " ".join(filter(None, (getattr(error, "context", None), getattr(error, "problem", None))))
+            raise ConfigError(f"config error in {path}{where}: YAML syntax error: {problem or error}; fix the "
+                              "YAML there (a bracket or quote left open, a tab in the indentation, a missing ': ')"
+                              ) from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config error in {path}: expected keys at the top level (a YAML mapping), found "
+                          f"{type(loaded).__name__} {loaded!r}")
+    return loaded
 
 
 def _field_path(parts: Iterable[Any]) -> str:
@@ -110,15 +126,16 @@ def load_schema() -> dict:
 
 
 def config_schema() -> dict:
-    """The config schema, with the model, dataset and augmentation names taken from their registrations (read at
-    each call, so a model registered at run time is a valid name). Shared: never change it."""
-    return _named_schema(str(SCHEMA_PATH), tuple(models.model_names()), tuple(DATASETS), tuple(AUGMENTATIONS))
+    """The config schema, with the model and augmentation names taken from their registrations (read at each call,
+    so a model registered at run time is a valid name; dataset names are checked against the built-in and declared
+    ones by :func:`check_semantics`). Shared: never change it."""
+    return _named_schema(str(SCHEMA_PATH), tuple(models.model_names()), tuple(AUGMENTATIONS))
 
 
 @functools.lru_cache(maxsize=16)
-def _named_schema(path: str, model_names: tuple, dataset_names: tuple, augment_names: tuple) -> dict:
+def _named_schema(path: str, model_names: tuple, augment_names: tuple) -> dict:
     schema = copy.deepcopy(_schema_file(path))
-    names = {"model_name": model_names, "dataset_name": dataset_names, "augment_name": augment_names}
+    names = {"model_name": model_names, "augment_name": augment_names}
     for definition, values in names.items():
         schema["definitions"][definition]["enum"] = list(values)
     return schema
@@ -152,9 +169,22 @@ def _filling_validator_class(base):
     return jsonschema.validators.extend(base, {"properties": properties_with_defaults})
 
 
+def _check_finite(instance: Any, parts: list) -> None:
+    """YAML reads .nan and .inf as numbers, which every bound of the schema lets through (a comparison with NaN is
+    false): refuse them wherever they are."""
+    if isinstance(instance, float) and not math.isfinite(instance):
+        raise ConfigError(f"config error at '{_field_path(parts)}': {instance} is not a finite number; give a "
+                          "finite one (e.g. 1.0e-3)")
+    items = instance.items() if isinstance(instance, dict) else enumerate(instance) if isinstance(instance, list) \
+        else ()
+    for key, value in items:
+        _check_finite(value, [*parts, key])
+
+
 def _check_against(instance: Any, schema: dict, where: str = "") -> None:
     """Validate (filling defaults in place); raise ConfigError naming the first offending field, its value and,
     where the schema has a fixed set, the accepted values or keys."""
+    _check_finite(instance, [where] if where else [])
     errors = list(_validator(schema).iter_errors(instance))
     if not errors:
         return
@@ -193,10 +223,66 @@ def _check_against(instance: Any, schema: dict, where: str = "") -> None:
     raise ConfigError(f"config error at '{_field_path(parts)}': {message}{hint}")
 
 
+def _named_models(config: dict) -> Iterable[tuple[str, Any]]:
+    """(field, name) of every place a study names a model, read before the schema check (whose list of model names
+    must hold them): defensive, the config is not checked yet."""
+    studies = config.get("studies")
+    for study_name, study in (studies.items() if isinstance(studies, dict) else ()):
+        if not isinstance(study, dict):
+            continue
+        where = f"studies.{study_name}"
+        listed = study.get("models")
+        yield from ((f"{where}.models[{i}]", name) for i, name in enumerate(listed if isinstance(listed, list) else ()))
+        options = study.get("model_options")
+        yield from ((f"{where}.model_options.{name}", name) for name in (options if isinstance(options, dict) else ()))
+        figures = study.get("figures") if isinstance(study.get("figures"), dict) else {}
+        kernels = figures.get("kernels") if isinstance(figures.get("kernels"), list) else ()
+        yield from ((f"{where}.figures.kernels[{i}]", name) for i, name in enumerate(kernels))
+        rules = study.get("exclude") if isinstance(study.get("exclude"), list) else ()
+        yield from ((f"{where}.exclude[{i}].model", rule["model"]) for i, rule in enumerate(rules)
+                    if isinstance(rule, dict) and "model" in rule)
+
+
+def register_named_models(config: dict) -> None:
+    """Register every torchvision zoo model (``torchvision.<builder>``) the studies name, so the schema knows it;
+    an unknown one is an error naming the field and the closest names."""
+    for field, name in _named_models(config):
+        if zoo.is_zoo_name(name):
+            try:
+                zoo.register(name)
+            except zoo.UnknownZooModel as error:
+                raise ConfigError(f"config error at '{field}': {error}") from None
+
+
+def load_model_files(config: dict) -> None:
+    """Import the config's model files (before the schema check, whose list of model names must hold their models);
+    a file that fails is an error naming the field, the file, the line and the error."""
+    files = config.get("model_files")
+    if not isinstance(files, list):
+        return  # the schema says what is wrong with it
+    for i, path in enumerate(files):
+        if isinstance(path, str) and path:
+            try:
+                models.load_model_file(path)
+            except models.ModelFileError as error:
+                raise ConfigError(f"config error at 'model_files[{i}]': {error}") from None
+
+
+def check_schema(config: dict) -> dict:
+    """The schema's check alone (defaults filled in place), after registering the models the config names: for a
+    command that needs the config's values before its datasets' facts can be read (cnnrepro download)."""
+    load_model_files(config)
+    register_named_models(config)
+    _check_against(config, config_schema())
+    return config
+
+
 def validate(config: dict) -> dict:
     """Check ``config`` against the schema in one pass that fills its defaults in place, then check what
     the schema cannot (names defined elsewhere in the config, files). Recipes are checked per run
     (:func:`run_settings`), after grid values are applied."""
+    load_model_files(config)
+    register_named_models(config)
     _check_against(config, config_schema())
     apply_min_seeds(config)
     check_semantics(config)
@@ -219,9 +305,17 @@ def apply_min_seeds(config: dict) -> None:
         study["seeds"] = seeds
 
 
+# A study's input.size or input.normalization that each run takes from its model (its weights' own transforms).
+MODEL_NATIVE = "model"
+# A study's input.normalization by the train split's own mean and std, computed when the dataset is prepared.
+AUTO_NORMALIZATION = "auto"
+PER_RUN_NORMALIZATIONS = (MODEL_NATIVE, AUTO_NORMALIZATION)
+
+
 def normalizations(config: dict) -> dict[str, dict]:
-    """Every normalisation a study can name: ``unit`` (pixels / 255 only, as the Keras studies), each dataset's
-    own statistics under its name, then the config's named ones."""
+    """Every normalisation a study can name with fixed statistics: ``unit`` (pixels / 255 only, as the Keras
+    studies), each built-in dataset's own statistics under its name, then the config's named ones. Besides these, a
+    study can name ``model`` (its model's weights' statistics, per run)."""
     named = {name: {"mean": list(info.mean), "std": list(info.std)} for name, info in DATASETS.items()}
     return {"unit": {"mean": [], "std": []}, **named, **config["normalization"]}
 
@@ -241,9 +335,10 @@ def _check_names(config: dict, name: str, study: dict) -> None:
             raise ConfigError(f"config error at '{where}.freeze[{i}]': unknown freeze level '{level}'; "
                               f"defined levels: {', '.join(levels)}. Define it under 'freeze_levels'.")
     norm = study["input"]["normalization"]
-    if norm not in norms:
+    if norm not in norms and norm not in PER_RUN_NORMALIZATIONS:
         raise ConfigError(f"config error at '{where}.input.normalization': unknown normalization "
-                          f"'{norm}'; defined: {', '.join(norms)}. Define it under 'normalization'.")
+                          f"'{norm}'; defined: {', '.join([*norms, *PER_RUN_NORMALIZATIONS])}. Define it under "
+                          "'normalization'.")
 
 
 def _grid_axes(schema: dict) -> dict[str, list[str]]:
@@ -287,7 +382,8 @@ def _check_run_fields(config: dict, field: str, study: dict, rule: dict, what: s
     """A rule of run fields (an exclude rule, an assumption's ``where``) names fields runs have and values they
     take: a misspelt one would silently match no run."""
     fields = [*EXCLUDE_FIELDS, *study["grid"]]
-    known = {"dataset": tuple(DATASETS), "model": models.model_names(), "freeze": tuple(config["freeze_levels"])}
+    known = {"dataset": dataset_names(config), "model": models.model_names(),
+             "freeze": tuple(config["freeze_levels"])}
     for key, value in rule.items():
         if key not in fields:
             raise ConfigError(f"config error at '{field}.{key}': unknown run field '{key}' (misspelt?); {what} "
@@ -312,8 +408,8 @@ def _check_normalizations(config: dict) -> None:
 
 def _check_data(config: dict) -> None:
     """Each dataset's source can deliver both splits: npz files named and on disk, a test split carved only
-    where the source has none. Checked for every dataset a study uses (its files are needed) and, for what
-    the files cannot change, for every per-dataset override."""
+    where the source has none, a declared dataset's facts readable. Checked for every dataset a study uses (its
+    files are needed) and, for what the files cannot change, for every per-dataset override."""
     used = {dataset for study in config["studies"].values() for dataset in study["datasets"]}
     for dataset in sorted(used | set(config["data"]["datasets"])):
         where = f"data.datasets.{dataset}"
@@ -321,17 +417,11 @@ def _check_data(config: dict) -> None:
         source, npz, carve = settings["source"], settings["npz"], settings["split_test_from_train"]
         origin = (f"{where}.source" if "source" in config["data"]["datasets"].get(dataset, {})
                   else "data.source")
+        has_test = _source_has_test(config, dataset, settings)
         if source == "npz":
             if not npz:
                 raise ConfigError(f"config error at '{where}.npz': source npz (set by '{origin}') needs "
                                   "{train: path, test: path} (test may be left out with split_test_from_train)")
-            if "test" in npz and carve is not None:
-                raise ConfigError(f"config error at '{where}.split_test_from_train': {carve} asks to carve a test "
-                                  f"split from the training data, but '{where}.npz.test' gives one "
-                                  f"({npz['test']}); use one or the other")
-            if "test" not in npz and carve is None:
-                raise ConfigError(f"config error at '{where}.npz': no test file (npz.test) and no "
-                                  f"split_test_from_train; give one of them")
             if dataset in used:
                 for split, path in npz.items():
                     if not Path(path).is_file():
@@ -340,12 +430,146 @@ def _check_data(config: dict) -> None:
                             f"resolved against the working directory, {Path.cwd()}); expected an npz file with keys "
                             f"x (uint8 [N,H,W] or [N,H,W,C]) and y, or set '{where}.source' to torchvision or "
                             "synthetic")
-        elif carve is not None:
-            raise ConfigError(f"config error at '{where}.split_test_from_train': {carve} is only for source npz "
-                              f"without a test file; the {source} source (set by '{origin}') has its own test split")
         elif npz:
             raise ConfigError(f"config error at '{where}.npz': npz files are given but the source is {source} "
                               f"(set by '{origin}'), which never reads them; set '{where}.source: npz' or drop npz")
+        if has_test and carve is not None:
+            given = (f"'{where}.npz.test' gives one ({npz['test']})" if source == "npz" else
+                     f"'{where}.test' gives one" if source == "imagefolder" else
+                     f"the {source} source (set by '{origin}') has its own test split")
+            raise ConfigError(f"config error at '{where}.split_test_from_train': {carve} asks to carve a test split "
+                              f"from the training data, but {given}; use one or the other")
+        if not has_test and carve is None:
+            what = "no test file (npz.test)" if source == "npz" else f"no test split ({source} source)"
+            raise ConfigError(f"config error at '{where}.{'npz' if source == 'npz' else 'split_test_from_train'}': "
+                              f"{what} and no split_test_from_train; give one of them")
+
+
+def _source_has_test(config: dict, dataset: str, settings: dict) -> bool:
+    """Whether the dataset's source gives a test split of its own (else one is carved: split_test_from_train)."""
+    source = settings["source"]
+    if source == "npz":
+        return bool(settings["npz"]) and "test" in settings["npz"]
+    if dataset in DATASETS or source == "synthetic":
+        return True
+    if source == "imagefolder":
+        return "test" in settings
+    return "test" in declared.split_arguments(settings)
+
+
+def declared_datasets(config: dict) -> list[str]:
+    """The datasets a config declares under data.datasets (names that are not built in)."""
+    return [name for name in config["data"]["datasets"] if name not in DATASETS]
+
+
+def dataset_names(config: dict) -> tuple[str, ...]:
+    return (*DATASETS, *declared_datasets(config))
+
+
+# The keys that declare a dataset of one's own (a built-in one keeps its own data).
+DECLARING_KEYS = ("class", "args", "splits", "train", "test", "store_size")
+
+
+def _check_declarations(config: dict) -> None:
+    """Every name under data.datasets is a built-in dataset (overridden) or declares one; every dataset a study,
+    a size unit or an exclude rule names exists."""
+    builtin = ", ".join(DATASETS)
+    for name, declaration in config["data"]["datasets"].items():
+        where = f"data.datasets.{name}"
+        declaring = [key for key in DECLARING_KEYS if key in declaration]
+        if name in DATASETS and declaring:
+            raise ConfigError(f"config error at '{where}.{declaring[0]}': {name} is a built-in dataset, whose data "
+                              "is its own; declare your dataset under a name of its own (data.datasets.<name>)")
+        if name in DATASETS and declaration.get("source") == "imagefolder":
+            raise ConfigError(f"config error at '{where}.source': {name} is a built-in dataset; image folders are "
+                              "a dataset of their own: declare it under another name")
+        if name not in DATASETS and not ({"class", "train"} & set(declaration)):
+            raise ConfigError(f"config error at '{where}': '{name}' is not a built-in dataset (valid values: "
+                              f"{builtin}) and declares none of its own: give class (a torchvision dataset, e.g. "
+                              "class: FashionMNIST) or train (an image folder with one sub-folder per class)")
+        if name not in DATASETS:
+            source = data_settings(config, name)["source"]
+            needs = {"torchvision": "class", "imagefolder": "train"}.get(source)
+            if needs and needs not in declaration:
+                origin = f"{where}.source" if "source" in declaration else "data.source"
+                raise ConfigError(f"config error at '{where}.{needs}': source {source} (set by '{origin}') reads "
+                                  f"{'a torchvision class' if needs == 'class' else 'image folders'}, but {name} "
+                                  f"declares no {needs}; give it, or set '{where}.source'")
+    known = dataset_names(config)
+    valid = f"valid values: {', '.join(known)} (the built-in ones and those declared under data.datasets)"
+    for study_name, study in config["studies"].items():
+        for i, dataset in enumerate(study["datasets"]):
+            if dataset not in known:
+                raise ConfigError(f"config error at 'studies.{study_name}.datasets[{i}]': unknown dataset "
+                                  f"'{dataset}'; {valid}")
+        for dataset in study["size_unit"]:
+            if dataset not in known:
+                raise ConfigError(f"config error at 'studies.{study_name}.size_unit.{dataset}': unknown dataset "
+                                  f"'{dataset}'; {valid}")
+
+
+def declared_facts(config: dict, name: str) -> declared.Facts:
+    """What a declared dataset holds (classes, channels, sizes), read from its data before any job."""
+    try:
+        return declared.facts_of(config["data"]["datasets"][name], config["data_root"])
+    except declared.DeclarationError as error:
+        raise ConfigError(f"config error at 'data.datasets.{name}.{error.key}': {error}") from None
+
+
+def _study_sizes(config: dict, name: str) -> Iterable[int]:
+    """The input sizes the runs on dataset ``name`` feed their models (input.size after the limits), where set."""
+    limit = config["limits"]["input_size"]
+    for study in config["studies"].values():
+        if name not in study["datasets"]:
+            continue
+        for size in (study["input"]["size"], *study["grid"].get("input.size", ())):
+            if size == MODEL_NATIVE:
+                yield from (limit or _native_input(m, study["model_options"].get(m, {}))[0] for m in study["models"])
+            elif size:
+                yield limit or size
+
+
+def store_size(config: dict, name: str, facts: declared.Facts) -> int:
+    """The side a declared dataset's images are stored at: its store_size, else the largest input size of the runs
+    on it, else the images' own when all are square and of one size."""
+    declaration = config["data"]["datasets"][name]
+    if declaration.get("store_size"):
+        return declaration["store_size"]
+    sizes = list(_study_sizes(config, name))
+    if sizes:
+        return max(sizes)
+    if facts.native_size:
+        return facts.native_size
+    raise ConfigError(f"config error at 'data.datasets.{name}.store_size': the images of {name} ({facts.origin}) "
+                      "are not all square and of one size, and no study that uses it sets input.size; set store_size "
+                      "(the side every image is resized to when it is prepared) or the studies' input.size")
+
+
+def dataset_info(config: dict, name: str) -> DatasetInfo:
+    """What a dataset holds: a built-in one's catalog entry, or a declared one's facts at its stored size."""
+    if name in DATASETS:
+        return DATASETS[name]
+    facts = declared_facts(config, name)
+    declaration = config["data"]["datasets"][name]
+    return DatasetInfo(name=name, torchvision_class=declaration.get("class", ""), channels=facts.channels,
+                       size=store_size(config, name, facts), num_classes=len(facts.classes), classes=facts.classes,
+                       raw_files=(), mean=(), std=(), split_sizes=dict(facts.split_sizes))
+
+
+# The config's folders: each is created where it does not exist yet.
+FOLDER_KEYS = ("results", "data_root", "weights_dir")
+
+
+def _check_folders(config: dict) -> None:
+    """A folder the workflow writes into must not be an existing file (nor lie below one)."""
+    for key in FOLDER_KEYS:
+        path = Path(config[key])
+        blocker = next((p for p in (path, *path.parents) if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            below = "" if blocker == path else f" ({path} would lie inside it)"
+            raise ConfigError(f"config error at '{key}': {blocker} is an existing file, not a folder{below}; "
+                              f"'{key}' names the folder the workflow writes into: give a folder (it is created "
+                              "when missing), or move the file away")
 
 
 def declared_value(study: dict, key: str, recipe_field: str = "recipe") -> Any:
@@ -387,9 +611,11 @@ def _check_assumptions(config: dict, name: str, study: dict, full: dict) -> None
 
 
 def check_semantics(config: dict) -> None:
-    """What the schema cannot check: names defined elsewhere in the config, npz files. (Each stage checks what it
-    will read on top of this before any job runs: cnnrepro.startup.)"""
+    """What the schema cannot check: names defined elsewhere in the config, npz files, folders that are files.
+    (Each stage checks what it will read on top of this before any job runs: cnnrepro.startup.)"""
     full = config_schema()
+    _check_folders(config)
+    _check_declarations(config)
     _check_normalizations(config)
     for name, study in config["studies"].items():
         where = f"studies.{name}"
@@ -615,19 +841,11 @@ def _run_settings(config: dict, run: Run, variant: Variant) -> dict:
         length = run_length_key(recipe, schema)
         recipe[length] = min(recipe[length], limits["max_epochs"])
     input_cfg = study["input"]
-    if limits["input_size"] and input_cfg["size"]:
-        input_cfg["size"] = limits["input_size"]
-    norm = normalizations(config)[input_cfg["normalization"]]
     pretrained = study["pretrained"]
     if limits["pretrained"] is not None:
         pretrained = pretrained and limits["pretrained"]
-    dataset = DATASETS[run.dataset]
-    model_options = study["model_options"].get(run.model, {})
-    accepted = models.get_spec(run.model).options
-    for key in model_options:
-        if key not in accepted:
-            raise ConfigError(f"config error at '{where}.model_options.{run.model}.{key}': model {run.model} takes "
-                              f"no option '{key}'; it accepts: {', '.join(accepted) or 'none'}")
+    dataset = dataset_info(config, run.dataset)
+    model_options = _model_options(run, study, where)
     settings = {
         "run_id": run.id,
         **run.wildcards,
@@ -638,8 +856,7 @@ def _run_settings(config: dict, run: Run, variant: Variant) -> dict:
         "in_channels": 3 if input_cfg["rgb"] else dataset.channels,
         "pretrained": pretrained,
         "trainable": config["freeze_levels"][run.freeze],
-        "input": {"size": input_cfg["size"], "rgb": input_cfg["rgb"], "normalization": input_cfg["normalization"],
-                  "mean": list(norm["mean"]), "std": list(norm["std"])},
+        "input": _run_input(config, run, input_cfg, model_options, where),
         "augment": study["augment"],
         "augment_copies": limits["augment_copies"] or AUGMENTATIONS[study["augment"]].copies,
         "eval_split": study["eval_split"],
@@ -653,8 +870,61 @@ def _run_settings(config: dict, run: Run, variant: Variant) -> dict:
     }
     if variant.assumption:  # only a sweep's runs say so: a declared run's settings are as without assumptions
         settings["assumption"] = dict(variant.assumption)
+    if run.dataset not in DATASETS:
+        # A declared dataset's runs: images as stored unless input.size says otherwise; its class names (figures).
+        settings["input"]["size"] = settings["input"]["size"] or dataset.size
+        settings["classes"] = list(dataset.classes)
+    source = models.source_of(run.model)
+    if source is not None:
+        # The file's content is part of the run: an edit reruns the runs of its models, and only those.
+        settings["model_file"] = {"path": source.path, "sha256": source.sha256}
     _check_model(config, run, study, settings, where)
     return settings
+
+
+def _model_options(run: Run, study: dict, where: str) -> dict:
+    """The study's options for the run's model: each one its builder accepts, a weights member its enum has."""
+    options = study["model_options"].get(run.model, {})
+    accepted = models.get_spec(run.model).options
+    field = f"{where}.model_options.{run.model}"
+    for key in options:
+        if key not in accepted:
+            raise ConfigError(f"config error at '{field}.{key}': model {run.model} takes no option '{key}'; it "
+                              f"accepts: {', '.join(accepted) or 'none'}")
+    if zoo.WEIGHTS_OPTION in options:
+        try:
+            models.weights_member(run.model, options)
+        except ValueError as error:
+            raise ConfigError(f"config error at '{field}.{zoo.WEIGHTS_OPTION}': {error}") from None
+    return options
+
+
+def _native_input(model: str, options: dict) -> tuple[int, list, list]:
+    """The input a model was made for: its weights' own side, mean and std (the member its options name), or its
+    registered side without a normalisation of its own."""
+    if models.get_spec(model).pretrained_weights is not None:
+        return models.weights_transforms(model, options)
+    return models.get_spec(model).input_size, [], []
+
+
+def _run_input(config: dict, run: Run, input_cfg: dict, options: dict, where: str) -> dict:
+    """The run's input: ``size: model`` and ``normalization: model`` resolved for its model, then the limits."""
+    size, name = input_cfg["size"], input_cfg["normalization"]
+    if size == MODEL_NATIVE:
+        size = _native_input(run.model, options)[0]
+    if config["limits"]["input_size"] and size:
+        size = config["limits"]["input_size"]
+    if name == AUTO_NORMALIZATION:
+        mean = std = []  # the train split's, recorded when the dataset is prepared: the job reads them there
+    elif name == MODEL_NATIVE:
+        _, mean, std = _native_input(run.model, options)
+        if not mean:
+            raise ConfigError(f"config error at '{where}.input.normalization': 'model' asks for the normalisation "
+                              f"of {run.model}'s pretrained weights, but it has none; name one (unit, a dataset, "
+                              "auto, or one defined under 'normalization')")
+    else:
+        mean, std = normalizations(config)[name]["mean"], normalizations(config)[name]["std"]
+    return {"size": size, "rgb": input_cfg["rgb"], "normalization": name, "mean": list(mean), "std": list(std)}
 
 
 @dataclass(frozen=True)
@@ -666,6 +936,7 @@ class ModelProbe:
     children: tuple[str, ...] = ()  # the top-level modules
     parameters: tuple[str, ...] = ()  # every parameter's dotted name
     forward_error: str | None = None
+    output_shape: tuple[int, ...] | None = None  # of a batch of two images (None: the meta device could not tell)
 
 
 @functools.lru_cache(maxsize=256)
@@ -676,55 +947,38 @@ def _probe_model(builder: Any, name: str, num_classes: int, in_channels: int, in
     milliseconds even for VGG19 or ResNet50."""
     try:
         model = models.build_on_meta(name, num_classes, in_channels, input_size, json.loads(options))
-    except (ValueError, TypeError, RuntimeError, KeyError) as error:
+    except Exception as error:  # noqa: BLE001 - a model file's builder can fail in any way; the job would too
         return ModelProbe(build_error=f"{type(error).__name__}: {error}")
+    shape, error = _forward(model, in_channels, image_size)
     return ModelProbe(None, tuple(n for n, _ in model.named_modules()), tuple(n for n, _ in model.named_children()),
-                      tuple(n for n, _ in model.named_parameters()),
-                      _forward_error(model, num_classes, in_channels, image_size))
+                      tuple(n for n, _ in model.named_parameters()), error, shape)
 
 
-def _forward_error(model: torch.nn.Module, num_classes: int, in_channels: int, image_size: int) -> str | None:
-    """Why a batch of two images does not give ``num_classes`` logits each, or None (also when the meta device
-    cannot tell: an op without a meta kernel, or code that reads values; the training job will)."""
+def _forward(model: torch.nn.Module, in_channels: int, image_size: int) -> tuple[tuple | None, str | None]:
+    """(output shape, None) of a batch of two images, or (None, why it fails); (None, None) when the meta device
+    cannot tell (an op without a meta kernel, or code that reads values; the training job will)."""
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # shapes only: a warning about values says nothing here
             out = model.eval()(models.blank_batch(model, 2, in_channels, image_size))
-        if tuple(out.shape) != (2, num_classes):
-            return f"its output has shape {list(out.shape)}, expected [2, {num_classes}]"
+        return (tuple(out.shape) if isinstance(out, torch.Tensor) else None), None
     except NotImplementedError:
-        return None
+        return None, None
     except Exception as error:  # noqa: BLE001 - whatever fails here fails the training job too
-        return None if "meta" in str(error) else f"{type(error).__name__}: {error}"
-    return None
+        return None, (None if "meta" in str(error) else f"{type(error).__name__}: {error}")
 
 
 def _check_model(config: dict, run: Run, study: dict, settings: dict, where: str) -> None:
     """What would otherwise fail inside the training job: pretraining a model that has no weights, channels or a
-    normalisation the model cannot take, images it cannot take, a freeze level naming modules it does not have.
-    The model is built on the meta device (once per distinct build), never with real memory or weights."""
-    spec, dataset = models.get_spec(run.model), DATASETS[run.dataset]
+    normalisation the model cannot take, images it cannot take, an output that is not one logit per class, a
+    freeze level naming modules it does not have. The model is built on the meta device (once per distinct
+    build), never with real memory or weights."""
+    spec = models.get_spec(run.model)
     model_field = f"{where}.models[{study['models'].index(run.model)}]"
-    if settings["pretrained"] and spec.pretrained_weights is None:
-        with_weights = [m for m in models.model_names() if models.get_spec(m).pretrained_weights]
-        raise ConfigError(f"config error at '{where}.pretrained': study {run.study} sets pretrained: true, but model "
-                          f"'{run.model}' ('{model_field}') has no pretrained weights: it trains from scratch. Models "
-                          f"with ImageNet weights: {', '.join(with_weights)}. Set pretrained: false, or train "
-                          f"{run.model} in a study of its own")
-    channels = settings["in_channels"]
-    if spec.pretrained_weights is not None and channels != spec.channels:
-        raise ConfigError(f"config error at '{where}.input.rgb': model '{run.model}' takes {spec.channels}-channel "
-                          f"images, but {run.dataset} has {dataset.channels}-channel images and input.rgb is false; "
-                          "valid value here: true (grey images are repeated to RGB)")
-    norm = settings["input"]
-    for key in ("mean", "std"):
-        if len(norm[key]) not in (0, 1, channels):
-            raise ConfigError(f"config error at '{where}.input.normalization': normalization '{norm['normalization']}' "
-                              f"has {len(norm[key])} {key} values ({norm[key]}), but run {run.id} feeds "
-                              f"{channels}-channel images ({run.dataset}, input.rgb {str(norm['rgb']).lower()}); "
-                              f"expected {'1 value' if channels == 1 else f'1 or {channels} values'} per statistic")
+    _check_weights_and_channels(run, spec, settings, where, model_field)
     size = settings["input"]["size"]
-    image = size or dataset.size
+    image = size or dataset_info(config, run.dataset).size
+    channels = settings["in_channels"]
     probe = _probe_model(spec.builder, run.model, settings["num_classes"], channels, size, image,
                          json.dumps(settings["model_options"], sort_keys=True))
     if probe.build_error:
@@ -740,9 +994,49 @@ def _check_model(config: dict, run: Run, study: dict, settings: dict, where: str
                           f"{probe.forward_error.rstrip('.')}. Its "
                           f"native input is {spec.channels}x{spec.input_size}x{spec.input_size}; set input.size to a "
                           "size the model takes")
-    trainable = settings["trainable"]
-    if trainable == "all":
-        return
+    if probe.output_shape is not None and probe.output_shape != (2, settings["num_classes"]):
+        raise ConfigError(f"config error at '{model_field}': model '{run.model}' "
+                          f"({models.user_files.owner(spec.builder.__module__)}) gives "
+                          f"output of shape {list(probe.output_shape)} for a batch of 2 images of run {run.id}, "
+                          f"expected [2, {settings['num_classes']}]: one logit per class of {run.dataset}. Its "
+                          "builder must size its head by num_classes, its first argument")
+    if settings["trainable"] != "all":
+        _check_freeze(run, study, spec, settings["trainable"], probe, where)
+
+
+def _check_weights_and_channels(run: Run, spec: Any, settings: dict, where: str, model_field: str) -> None:
+    """Pretraining needs weights and the images they were made for: their channels (and, for a model whose
+    position embedding the weights fix, their size); a normalisation has one value per channel (or one for all)."""
+    if settings["pretrained"] and spec.pretrained_weights is None:
+        with_weights = [m for m in models.model_names() if models.get_spec(m).pretrained_weights]
+        raise ConfigError(f"config error at '{where}.pretrained': study {run.study} sets pretrained: true, but model "
+                          f"'{run.model}' ('{model_field}') has no pretrained weights: it trains from scratch. Models "
+                          f"with ImageNet weights: {', '.join(with_weights)}, and any torchvision.<name> of "
+                          f"torchvision's zoo. Set pretrained: false, or train {run.model} in a study of its own")
+    channels, norm = settings["in_channels"], settings["input"]
+    if spec.pretrained_weights is not None and channels != spec.channels:
+        raise ConfigError(f"config error at '{where}.input.rgb': model '{run.model}' takes {spec.channels}-channel "
+                          f"images, but {run.dataset} has {channels}-channel images and input.rgb is false; "
+                          "valid value here: true (grey images are repeated to RGB)")
+    if settings["pretrained"] and zoo.is_zoo_name(run.model):
+        member = models.weights_member(run.model, settings["model_options"])
+        fixed = zoo.fixed_input_size(run.model, member)
+        if fixed and norm["size"] != fixed:
+            raise ConfigError(f"config error at '{where}.input.size': the weights of '{run.model}' ({member}) take "
+                              f"{fixed} px images (its position embedding is sized for them), but run {run.id} feeds "
+                              f"{norm['size'] or 'its dataset size in'} px; set input.size: model (or {fixed}), or "
+                              "pretrained: false")
+    for key in ("mean", "std"):
+        if len(norm[key]) not in (0, 1, channels):
+            raise ConfigError(f"config error at '{where}.input.normalization': normalization '{norm['normalization']}' "
+                              f"has {len(norm[key])} {key} values ({norm[key]}), but run {run.id} feeds "
+                              f"{channels}-channel images ({run.dataset}, input.rgb {str(norm['rgb']).lower()}); "
+                              f"expected {'1 value' if channels == 1 else f'1 or {channels} values'} per statistic")
+
+
+def _check_freeze(run: Run, study: dict, spec: Any, trainable: list, probe: ModelProbe, where: str) -> None:
+    """Every module prefix of the run's freeze level names a module of its model, and one of them holds a
+    parameter."""
     level, field = run.freeze, f"freeze_levels.{run.freeze}"
     used = f"used by study {run.study} ('{where}.freeze[{study['freeze'].index(level)}]') for model {run.model}"
     top = ", ".join(probe.children)
@@ -769,11 +1063,16 @@ def settings_by_run(config: dict) -> dict[str, dict]:
 
 
 def data_settings(config: dict, dataset: str) -> dict:
-    """Source and sizes for one dataset: the global data settings with its per-dataset overrides."""
+    """Source and sizes for one dataset: the global data settings with its per-dataset overrides; for a declared
+    dataset also its facts (what its prepare job reads and checks)."""
     data = config["data"]
     override = copy.deepcopy(data["datasets"].get(dataset, {}))
     # A dataset without an override still gets the defaults of the keys only an override sets (npz, ...).
     schema = config_schema()
     _check_against(override, _fragment(schema, schema["properties"]["data"]["properties"]["datasets"][
         "additionalProperties"]), f"data.datasets.{dataset}")
-    return {**{k: v for k, v in data.items() if k != "datasets"}, **override}
+    settings = {**{k: v for k, v in data.items() if k != "datasets"}, **override}
+    if dataset not in DATASETS and dataset in data["datasets"]:
+        facts = declared_facts(config, dataset)
+        settings["facts"] = {**facts.record(), "size": store_size(config, dataset, facts)}
+    return settings

@@ -33,7 +33,7 @@ BENCH_TARGETS = cfg.benchmarked_runs(config)
 wildcard_constraints:
     study="[A-Za-z0-9_]+",
     dataset="[a-z0-9]+",
-    model="[a-z0-9_]+",
+    model="(torchvision\.)?[a-z0-9_]+",
     freeze="[A-Za-z0-9_]+",
     variant="[^/]+",
     seed="[0-9]+",

@@ -4,15 +4,25 @@ from cnnrepro.plan import memory  # noqa: E402
 
 def dataset_source_inputs(wildcards):
     settings = data_settings(wildcards)
+    declared = "facts" in settings  # a dataset the config declares (cnnrepro.data.declared)
     if settings["source"] == "torchvision":
-        return expand(rules.download_dataset.output[0], dataset=wildcards.dataset)
+        download = rules.download_declared_dataset if declared else rules.download_dataset
+        return expand(download.output[0], dataset=wildcards.dataset)
     if settings["source"] == "npz":
         return list(settings["npz"].values())
+    # Image folders are no input: their listing (every file's path, size and time) is in the settings, so a change
+    # reruns the preparation.
     return []
+
+
+def declaration(wildcards):
+    """A declared dataset's own keys (class, args, splits): what torchvision's class is called with."""
+    return config["data"]["datasets"][wildcards.dataset]
 
 
 localrules:
     download_dataset,
+    download_declared_dataset,
     fetch_weights,
 
 
@@ -28,6 +38,23 @@ rule download_dataset:
         root=config["data_root"],
     script:
         "../scripts/download_dataset.py"
+
+
+# A torchvision dataset a config declares (data.datasets.<name>.class): its own rule, so that the built-in
+# datasets' download jobs keep theirs unchanged.
+rule download_declared_dataset:
+    output:
+        touch(f"{RESULTS}/data/{{dataset}}.declared-source-verified"),
+    log:
+        f"{RESULTS}/logs/download/{{dataset}}.log",
+    retries: 3
+    conda:
+        "../../envs/cnnrepro.yaml"
+    params:
+        root=config["data_root"],
+        declaration=declaration,
+    script:
+        "../scripts/download_declared_dataset.py"
 
 
 rule fetch_weights:

@@ -10,7 +10,13 @@ def pretrained_weights(wildcards):
     settings = train_settings(wildcards)
     if not settings["pretrained"]:
         return []
-    return [str(models.weights_file(settings["model"], config["weights_dir"]))]
+    return [
+        str(
+            models.weights_file(
+                settings["model"], config["weights_dir"], settings["model_options"]
+            )
+        )
+    ]
 
 
 # Epoch grid chaining (cnnrepro.engine.chaining): a run that differs from a shorter one only in its epoch count

@@ -37,8 +37,9 @@ class PaperExamples:
     timed at batch 1. Only the uint8 test set is held; a 224 px float copy of 10,000 images would be ~6 GiB."""
 
     def __init__(self, settings: dict, data: str | Path, count: int):
-        self.images = read_verified(data)["splits"]["test"]["x"][:count]
-        self.transform = batch_transform(settings, torch.device("cpu"), augment_name="none")
+        compact = read_verified(data)
+        self.images = compact["splits"]["test"]["x"][:count]
+        self.transform = batch_transform(settings, torch.device("cpu"), augment_name="none", data=compact)
 
     def __len__(self) -> int:
         return len(self.images)

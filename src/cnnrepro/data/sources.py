@@ -16,10 +16,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from cnnrepro.data import declared
 from cnnrepro.data.catalog import SPLITS, DatasetCorrupt, DatasetInfo, DatasetUnavailable
 from cnnrepro.data.catalog import info as _info
 
-SOURCES = ("torchvision", "npz", "synthetic")
+SOURCES = ("torchvision", "npz", "synthetic", "imagefolder")
 
 
 def _torchvision_class(info: DatasetInfo):
@@ -305,13 +306,14 @@ def _synthetic_split(templates: torch.Tensor, n: int, gen: torch.Generator) -> t
 
 
 def make_synthetic(
-    name: str, n_train: int, n_test: int, seed: int = 0
+    name: str | DatasetInfo, n_train: int, n_test: int, seed: int = 0
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Deterministic, learnable stand-in data with the real shapes and class count of ``name``.
+    """Deterministic, learnable stand-in data with the real shapes and class count of ``name`` (a built-in dataset,
+    or a declared one's DatasetInfo).
 
     Each class has a fixed smooth random template; samples add brightness jitter, ±2 px shifts and noise.
     """
-    info = _info(name)
+    info = name if isinstance(name, DatasetInfo) else _info(name)
     if n_train < 1 or n_test < 1:
         raise ValueError(f"synthetic sizes must be positive, got n_train={n_train}, n_test={n_test}")
     gen = torch.Generator().manual_seed(int(seed))
@@ -319,3 +321,55 @@ def make_synthetic(
     train = _synthetic_split(templates, int(n_train), gen)
     test = _synthetic_split(templates, int(n_test), gen)
     return {"train": train, "test": test}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# a declared torchvision dataset (cnnrepro.data.declared)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _declared_message(declaration: Mapping[str, Any], root: str | os.PathLike) -> str:
+    return (f"torchvision.datasets.{declaration['class']} (root={str(root)!r}, {declaration.get('args') or {}}) "
+            "needs its files under data_root: the workflow's download_declared_dataset rule fetches them on a machine "
+            "with internet (or cnnrepro download <name>), or copy torchvision's folder for it from a machine that has "
+            "it into data_root; for offline work set the dataset's source to synthetic (stand-ins of its shapes)")
+
+
+def download_declared(declaration: Mapping[str, Any], root: str | os.PathLike) -> None:
+    """Download a declared torchvision dataset's splits (needs internet); DatasetUnavailable on failure."""
+    cls = declared.torchvision_class(declaration["class"])
+    Path(root).mkdir(parents=True, exist_ok=True)
+    try:
+        for kwargs in declared.split_arguments(declaration).values():
+            cls(root=str(root), download=True, **kwargs)
+    except Exception as exc:  # URLError, OSError, checksum failures (RuntimeError), ...
+        raise DatasetUnavailable(f"downloading {declaration['class']} failed ({type(exc).__name__}: {exc}). "
+                                 + _declared_message(declaration, root)) from exc
+
+
+def open_declared(declaration: Mapping[str, Any], root: str | os.PathLike) -> dict[str, Any]:
+    """A declared torchvision dataset's splits as torchvision's dataset objects, read offline."""
+    cls = declared.torchvision_class(declaration["class"])
+    out = {}
+    for split, kwargs in declared.split_arguments(declaration).items():
+        try:
+            out[split] = cls(root=str(root), download=False, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - "Dataset not found or corrupted" and the like
+            raise DatasetUnavailable(f"{declaration['class']} {split}: {type(exc).__name__}: {exc}. "
+                                     + _declared_message(declaration, root)) from exc
+    return out
+
+
+def torchvision_arrays(dataset: Any) -> tuple[torch.Tensor | None, np.ndarray]:
+    """(images as uint8 [N, C, H, W], or None when the dataset keeps them as files; labels) of a torchvision
+    dataset object, without going through its per-image transforms."""
+    labels = declared.torchvision_labels(dataset)
+    if labels is None:
+        raise DatasetCorrupt(f"{type(dataset).__name__}: no labels to read (targets, labels, _labels or samples)")
+    data = getattr(dataset, "data", None)
+    if data is None or getattr(data, "ndim", 0) not in (3, 4):
+        return None, labels
+    x = torch.as_tensor(np.ascontiguousarray(data)) if isinstance(data, np.ndarray) else torch.as_tensor(data)
+    if x.dtype != torch.uint8:
+        return None, labels
+    return _to_nchw(x).contiguous(), labels

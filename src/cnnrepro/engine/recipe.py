@@ -21,7 +21,10 @@ OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "rmsprop": torch
 def build_run_model(settings: dict, pretrained: bool | None = None, weights_dir: str | Path | None = None,
                     meta: bool = False) -> nn.Module:
     """The run's model with its freeze level applied (``pretrained`` overrides the settings). ``meta``: built on
-    the meta device, shapes only (cnnrepro.models.build_on_meta), never pretrained."""
+    the meta device, shapes only (cnnrepro.models.build_on_meta), never pretrained. A model from a model file is
+    imported first (a job's process has not), and must be the file the workflow checked."""
+    if "model_file" in settings:
+        models.load_model_file(settings["model_file"]["path"], settings["model_file"]["sha256"])
     if meta:
         model = models.build_on_meta(settings["model"], settings["num_classes"], settings["in_channels"],
                                      settings["input"]["size"], settings["model_options"])

@@ -405,7 +405,7 @@ def train_one_epoch(model, split: Split, optimizer, criterion, batch_size: int, 
     optimizer step but one argmax; the losses and predictions are kept and summed once after the epoch."""
     model.train()
     models.set_bn_mode(model, bn_frozen)
-    device = split.x.device
+    device = split.device
     losses, sizes, predictions, labels = [], [], [], []
     bar = ProgressBar(math.ceil(len(split) / batch_size), desc)
     progress_loss = (lambda: float(torch.stack(losses).float().mean())) if bar.enabled else None
@@ -444,7 +444,7 @@ def epoch_mean(losses: torch.Tensor, sizes: list[int], weighted: bool) -> float:
 def evaluate(model, split: Split, criterion, batch_size: int, num_classes: int, channels_last: bool,
              detailed: bool = False, amp: bool = False) -> dict:
     model.eval()
-    device = split.x.device
+    device = split.device
     # Sums stay on the device (float64: the same sums Python floats gave), so a GPU syncs once, not per batch.
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
     top5 = torch.zeros((), dtype=torch.long, device=device)
@@ -522,7 +522,8 @@ def write_record(run: Run) -> dict:
         "eval_every": run.eval_every,
         "params_total": sum(p.numel() for p in run.model.parameters()),
         "params_trainable": sum(p.numel() for p in run.trainable),
-        "pretrained_weights": models.get_spec(settings["model"]).pretrained_weights if settings["pretrained"] else None,
+        "pretrained_weights": (models.weights_name(settings["model"], settings["model_options"])
+                               if settings["pretrained"] else None),
         "schedule": run.schedule.describe(),
         "speed": _speed_record(run),
         "torch_version": torch.__version__,

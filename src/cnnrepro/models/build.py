@@ -4,15 +4,14 @@ start-up checks and the compute plan count on."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import warnings
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .meta import on_meta
 from .pretrained import load_weights
 from .registry import LEGACY_BN_INIT, get_spec
 
@@ -50,7 +49,7 @@ def build_model(
                              "(input.rgb: true)")
         if pretrained and weights_dir is None:
             raise ValueError(f"pretrained=True for {name!r} needs weights_dir (weights are loaded offline)")
-        state = load_weights(name, weights_dir) if pretrained else None
+        state = load_weights(name, weights_dir, opts) if pretrained else None
         model = spec.builder(num_classes, in_channels, size, imagenet_state=state, **opts)
     else:
         if pretrained:
@@ -67,21 +66,10 @@ def build_model(
 def build_on_meta(name: str, num_classes: int, in_channels: int | None = None, input_size: int | None = None,
                   options: dict[str, Any] | None = None) -> nn.Module:
     """``name`` built as :func:`build_model` builds it (never pretrained) on the ``meta`` device: every module and
-    shape, no memory, milliseconds even for VGG19. A builder that reads tensor values (``.item()``) cannot build
-    there and is built for real instead, on the CPU."""
-
-    def build(device: str | None) -> nn.Module:
-        with torch.device(device) if device else contextlib.nullcontext():
-            return build_model(name, num_classes, in_channels=in_channels, input_size=input_size, options=options)
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # e.g. "Initializing zero-element tensors is a no-op"
-        try:
-            return build("meta")
-        except (NotImplementedError, RuntimeError) as error:
-            if "meta" not in str(error):
-                raise
-            return build(None)
+    shape, no memory, milliseconds even for VGG19 (cnnrepro.models.meta; a builder that reads tensor values while it
+    builds gets its parameters moved there as they are registered)."""
+    return on_meta(lambda: build_model(name, num_classes, in_channels=in_channels, input_size=input_size,
+                                       options=options))
 
 
 def blank_batch(model: nn.Module, n: int, channels: int, size: int) -> torch.Tensor:

@@ -9,6 +9,7 @@ schema's list of model names is derived from here, so adding a model is one file
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -45,15 +46,35 @@ LEGACY_BN_INIT = "legacy_bn_init"
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
+# Ways to register a name when it is first asked for (the torchvision zoo: cnnrepro.models.zoo).
+_RESOLVERS: list[Callable[[str], bool]] = []
+# A model's name is a folder of its runs (config.RUN_PATTERN): lower-case letters, digits and underscores, with the
+# zoo's "torchvision." in front.
+NAME_PATTERN = re.compile(r"^(torchvision\.)?[a-z0-9_]+$")
+
+
+class ModelNameTaken(ValueError):
+    """A registration under a name another registration already has."""
+
+    def __init__(self, name: str, owner: str):
+        super().__init__(f"model {name!r} is already registered (by {owner})")
+        self.name, self.owner = name, owner
 
 
 def register_model(name: str, *, head: str, input_size: int, channels: int, pretrained_weights: str | None = None,
                    feature_split: FeatureSplit | None = None, options: Sequence[str] = ()):
-    """Decorator: register ``builder`` under ``name``. A name can be registered once."""
+    """Decorator: register ``builder`` under ``name``. A name can be registered once.
+
+    ``builder(num_classes, in_channels, input_size, **options)`` returns the network; ``head`` is the dotted name of
+    its classifier (what the freeze level ``head`` trains), ``input_size`` and ``channels`` its native input.
+    """
 
     def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
-            raise ValueError(f"model {name!r} is already registered (by {_REGISTRY[name].builder.__module__})")
+            raise ModelNameTaken(name, _REGISTRY[name].builder.__module__)
+        if not NAME_PATTERN.match(name):
+            raise ValueError(f"model name {name!r} cannot name a folder of runs: use lower-case letters, digits and "
+                             "underscores (e.g. my_net)")
         _REGISTRY[name] = ModelSpec(name, builder, head, input_size, channels, pretrained_weights, feature_split,
                                     tuple(options))
         return builder
@@ -66,12 +87,21 @@ def unregister_model(name: str) -> None:
     _REGISTRY.pop(name, None)
 
 
+def add_resolver(resolver: Callable[[str], bool]) -> None:
+    """``resolver(name)`` registers ``name`` and says True, or says False: get_spec asks it for a name not
+    registered yet."""
+    _RESOLVERS.append(resolver)
+
+
+def is_registered(name: str) -> bool:
+    return name in _REGISTRY
+
+
 def model_names() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
 def get_spec(name: str) -> ModelSpec:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown model {name!r}; valid names: {', '.join(_REGISTRY)}") from None
+    if name not in _REGISTRY and not any(resolve(name) for resolve in _RESOLVERS):
+        raise KeyError(f"unknown model {name!r}; valid names: {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]

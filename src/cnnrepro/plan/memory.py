@@ -12,8 +12,8 @@ from __future__ import annotations
 import math
 
 from cnnrepro.data.augment import AUGMENTATIONS
-from cnnrepro.data.catalog import DATASETS
-from cnnrepro.data.prepare import split_counts
+from cnnrepro.data.prepare import CHUNK as PREPARE_CHUNK
+from cnnrepro.data.prepare import dataset_facts, split_counts
 from cnnrepro.engine.evaluation import eval_batch_size
 from cnnrepro.plan.cost import ModelCost, Stages, settings_cost, stages
 
@@ -51,7 +51,7 @@ def device_bytes(settings: dict, data_settings: dict, cost: ModelCost, stage: St
 
 def device_data_bytes(settings: dict, data_settings: dict) -> int:
     """The run's uint8 splits, held on the training device for the whole run (cnnrepro.data.splits)."""
-    info = DATASETS[settings["dataset"]]
+    info = dataset_facts(settings["dataset"], data_settings)
     images = run_images(settings, data_settings)
     return (images["train"] + images["eval"] + images["test"]) * info.channels * info.size * info.size
 
@@ -72,8 +72,15 @@ def activation_bytes(settings: dict) -> int:
 
 def dataset_bytes(dataset: str, data_settings: dict) -> int:
     """Bytes of the compact uint8 dataset (both splits) as the data settings make it."""
-    info = DATASETS[dataset]
+    info = dataset_facts(dataset, data_settings)
     return sum(split_counts(dataset, data_settings).values()) * info.channels * info.size * info.size
+
+
+def _mapped(data_settings: dict) -> bool:
+    """A declared dataset's compact file is read through a shared memory map (cnnrepro.data.compact.MappedWriter):
+    the page cache holds it, which the kernel reclaims under the job's limit, and batches stream from it when it does
+    not fit. The job asks for the memory it computes with, not for the dataset."""
+    return "facts" in data_settings
 
 
 def _model_bytes(settings: dict, copies: int) -> int:
@@ -85,7 +92,8 @@ def train_mem_mb(settings: dict, data_settings: dict) -> int:
     on the CPU, one batch's activations (on a GPU they are in GPU memory, which mem_mb does not cover)."""
     # A fixed expansion holds the originals and their copies while it is made.
     expands = AUGMENTATIONS[settings["augment"]].copies
-    data = dataset_bytes(settings["dataset"], data_settings) * (1 + settings["augment_copies"] if expands else 1)
+    held = 0 if _mapped(data_settings) else 1  # a mapped dataset is not held by the job (only an expansion is)
+    data = dataset_bytes(settings["dataset"], data_settings) * (held + settings["augment_copies"] if expands else held)
     activations = activation_bytes(settings) if settings["device"] == "cpu" else 0
     return math.ceil(SAFETY * (RUNTIME_MB + (data + _model_bytes(settings, 4) + activations) / 2**20))
 
@@ -93,11 +101,18 @@ def train_mem_mb(settings: dict, data_settings: dict) -> int:
 def bench_mem_mb(settings: dict, data_settings: dict, bench: dict) -> int:
     """A benchmark job: the uint8 test set, the model twice (a saved copy is measured), the largest batch's
     forward pass (two of its largest op outputs alive at once)."""
-    data = dataset_bytes(settings["dataset"], data_settings)
+    data = 0 if _mapped(data_settings) else dataset_bytes(settings["dataset"], data_settings)
     activations = 2 * max(bench["batch_sizes"]) * settings_cost(settings).max_output_bytes
     return math.ceil(SAFETY * (RUNTIME_MB + (data + _model_bytes(settings, 2) + activations) / 2**20))
 
 
 def prepare_mem_mb(dataset: str, data_settings: dict) -> int:
-    """Preparing a dataset: the source arrays and the compact copy, a few times over while converting."""
-    return math.ceil(SAFETY * (RUNTIME_MB + 4 * dataset_bytes(dataset, data_settings) / 2**20))
+    """Preparing a dataset: the source arrays and the compact copy, a few times over while converting. Image folders
+    are written image by image into a mapped file (cnnrepro.data.prepare.prepare_declared): a chunk of images at a
+    time, whatever the dataset's size; a torchvision class's arrays are held once (torchvision reads them whole)."""
+    if _mapped(data_settings) and data_settings["source"] == "imagefolder":
+        info = dataset_facts(dataset, data_settings)
+        chunk = 4 * PREPARE_CHUNK * info.channels * info.size * info.size  # decoded, resized and as floats
+        return math.ceil(SAFETY * (RUNTIME_MB + chunk / 2**20))
+    copies = 2 if _mapped(data_settings) else 4
+    return math.ceil(SAFETY * (RUNTIME_MB + copies * dataset_bytes(dataset, data_settings) / 2**20))

@@ -314,9 +314,10 @@ def draw_published(runs: Sequence[RunData], published: dict, spec: Mapping[str, 
     return fig
 
 
-def _class_names(dataset: str, num_classes: int) -> list[str]:
-    info = DATASETS.get(dataset)
-    names = list(info.classes) if info is not None else []
+def _class_names(settings: Mapping[str, Any], num_classes: int) -> list[str]:
+    """A run's class names: a built-in dataset's catalog, a declared one's (in its settings), else the indices."""
+    info = DATASETS.get(settings.get("dataset", ""))
+    names = list(info.classes) if info is not None else list(settings.get("classes", []))
     return names if len(names) == num_classes else [str(k) for k in range(num_classes)]
 
 
@@ -367,8 +368,7 @@ def draw_f1(runs: Sequence[RunData], title: str) -> Any:
     scores = {key: np.mean([m.record["test"]["f1_per_class"] for m in members], axis=0)
               for key, members in grouped.items() if members}
     num_classes = max((len(v) for v in scores.values()), default=0)
-    dataset = runs[0].settings["dataset"] if runs else ""
-    names = _class_names(dataset, num_classes)
+    names = _class_names(runs[0].settings if runs else {}, num_classes)
     if not scores:
         fig, ax = plt.subplots(figsize=(6, 3))
         _note(ax, "no run finished (all diverged)")
@@ -423,7 +423,7 @@ def draw_confusion(runs: Sequence[RunData], title: str) -> Any:
     matrices = {key: np.sum([np.asarray(m.record["test"]["confusion_matrix"]) for m in members], axis=0)
                 for key, members in grouped.items()}
     num_classes = next(iter(matrices.values())).shape[0]
-    names = _class_names(runs[0].settings["dataset"], num_classes)
+    names = _class_names(runs[0].settings, num_classes)
     ncols = min(len(matrices), 3 if num_classes > 20 else 6)
     nrows = math.ceil(len(matrices) / ncols)
     side = 3.4 if num_classes <= 20 else 4.2

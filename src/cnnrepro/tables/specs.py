@@ -14,7 +14,6 @@ import pandas as pd
 
 from cnnrepro import config as cfg
 from cnnrepro import models
-from cnnrepro.data.catalog import DATASETS
 from cnnrepro.tables.layout import EXTRA_COLUMNS, METRIC_DIM, layout_dims, place_notes, shown_metrics, split_columns
 from cnnrepro.tables.summary import RUN_FIELDS, metric_field_problem
 
@@ -57,7 +56,10 @@ def _selector_fields(config: dict, study: str) -> tuple[list[str], dict[str, lis
 def _check_selector(config: dict, study: str, selector: dict, field: str) -> None:
     """A paper row selects runs by fields they have (a misspelt one would select no run) and by names that exist."""
     fields, prefixed = _selector_fields(config, study)
-    known = {"dataset": tuple(DATASETS), "model": models.model_names(),
+    # The registered models and every model a study names (a zoo or model-file model is registered in the process
+    # that checked the config at start-up, not necessarily in the aggregation job that checks the table again).
+    named = (model for spec in config["studies"].values() for model in spec["models"])
+    known = {"dataset": cfg.dataset_names(config), "model": tuple(dict.fromkeys([*models.model_names(), *named])),
              "freeze": tuple(config["freeze_levels"])}
     for key, value in selector.items():
         prefix, _, rest = key.partition(".")
@@ -163,7 +165,7 @@ def _check_metric_fields(config: dict, study: str, table: dict, csv_file: _Paper
     """Each metric column maps to a number every run's summary holds, its ``{column}`` templates filled from
     every row."""
     field, path = csv_file.field, csv_file.path
-    num_classes = max(DATASETS[d].num_classes for d in config["studies"][study]["datasets"])
+    num_classes = max(cfg.dataset_info(config, d).num_classes for d in config["studies"][study]["datasets"])
     for metric in csv_file.metric_cols:
         source = table["metrics"][metric]
         if source is None:

@@ -27,7 +27,8 @@ PAPER = {"torchvision.mobilenet_v3_small": "88.5", "tiny_net": "91.0"}
 
 @pytest.fixture(scope="module")
 def open_world(tmp_path_factory):
-    """(workdir, results folder) of one snakemake run of the new study, the built-in studies left out."""
+    """(workdir, results folder) of one snakemake run of the new study (benchmarked), the built-in studies left
+    out."""
     workdir = copy_workflow(tmp_path_factory.mktemp("open_world"), keep_studies=())
     (workdir / "my_nets.py").write_text(TINY_NET)
     make_image_folders(workdir / "fruits", {"train": 16, "test": 6})
@@ -37,6 +38,8 @@ def open_world(tmp_path_factory):
                            "--model-file", "my_nets.py"], cwd=workdir, env=env, capture_output=True, text=True,
                           timeout=300)
     assert made.returncode == 0, made.stderr
+    study = workdir / "studies" / f"{STUDY}.yaml"
+    study.write_text(study.read_text().replace("benchmark: false", "benchmark: true"))  # size, FLOPs, latency too
     table = workdir / "studies" / f"{STUDY}.csv"
     rows = list(csv.DictReader(table.open()))
     for row in rows:  # the paper's numbers, as a researcher types them in
@@ -70,6 +73,11 @@ def test_a_zoo_model_and_a_model_file_train_on_image_folders_and_a_declared_torc
     mine = runs[f"{STUDY}/fashionmnist/tiny_net/none/base/seed0"]
     assert mine["settings"]["model_file"]["path"] == "my_nets.py" and mine["settings"]["num_classes"] == 10
     assert mine["settings"]["classes"][0] == "T-shirt/top"
+    for model in PAPER:  # benchmarked on the CPU: the zoo model and the model file's network alike
+        bench = json.loads((results / "bench" / STUDY / "fruits" / model / "none" / "cpu.json").read_text())
+        assert bench["measured"] is True and bench["latency_correct"]["median_ms"] > 0
+    log = (results / "logs" / "job_server.log").read_text()
+    assert "declined" not in log and "launcher had imported" not in log  # every job's params are plain data
 
 
 @pytest.mark.e2e

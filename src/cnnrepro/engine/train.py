@@ -401,34 +401,38 @@ def train_one_epoch(model, split: Split, optimizer, criterion, batch_size: int, 
     losses (``batch_mean``, what seed 002's plateau rule reads) or each batch weighted by its size
     (``sample_mean``, what Keras logs: they differ when the last batch is smaller).
 
-    A step costs what the model costs: nothing is entered or added per step beyond the forward, backward and
-    optimizer step but one argmax; the losses and predictions are kept and summed once after the epoch."""
+    A step costs what the model costs: nothing is entered or allocated per step beyond the forward, backward and
+    optimizer step but an argmax, a comparison and a copy of the loss into buffers allocated before the epoch (small
+    tensors kept from every step would pin the host allocator's heap under each batch's large ones); the losses are
+    summed once after the epoch."""
     model.train()
     models.set_bn_mode(model, bn_frozen)
     device = split.device
-    losses, sizes, predictions, labels = [], [], [], []
-    bar = ProgressBar(math.ceil(len(split) / batch_size), desc)
-    progress_loss = (lambda: float(torch.stack(losses).float().mean())) if bar.enabled else None
+    steps = math.ceil(len(split) / batch_size)
+    losses = torch.zeros(steps, device=device)
+    hits = torch.zeros(len(split), dtype=torch.bool, device=device)
+    sizes: list[int] = []
+    bar = ProgressBar(steps, desc)
+    progress_loss = (lambda: float(losses[:len(sizes)].mean())) if bar.enabled else None
     # bf16 autocast only when asked: a disabled torch.autocast still costs a context per step.
     precision = (lambda: autocast(device, True)) if amp else contextlib.nullcontext
     with explain_out_of_memory(batch_size, "recipe.batch_size", device):
-        for x, y in split.batches(batch_size, generator, train=True):
+        for step, (x, y) in enumerate(split.batches(batch_size, generator, train=True)):
             with precision():
                 logits = model(to_format(x, channels_last))
                 loss = criterion(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            losses.append(loss.detach())
+            losses[step] = loss.detach()
+            seen = step * batch_size
+            torch.eq(logits.detach().argmax(1), y, out=hits[seen:seen + len(y)])
             sizes.append(len(y))
-            predictions.append(logits.detach().argmax(1))
-            labels.append(y)
-            bar.update(len(losses), progress_loss)
+            bar.update(len(sizes), progress_loss)
     bar.close()
-    if not losses:
+    if not sizes:
         return 0.0, 0.0
-    correct = int((torch.cat(predictions) == torch.cat(labels)).sum())
-    return epoch_mean(torch.stack(losses), sizes, epoch_loss == "sample_mean"), correct / len(split)
+    return epoch_mean(losses, sizes, epoch_loss == "sample_mean"), int(hits.sum()) / len(split)
 
 
 def epoch_mean(losses: torch.Tensor, sizes: list[int], weighted: bool) -> float:

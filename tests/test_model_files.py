@@ -140,3 +140,40 @@ def test_a_broken_model_file_stops_snakemake_before_any_job(tmp_path):
     assert result.returncode != 0 and "config error at 'model_files[0]': my_nets.py, line 4: RuntimeError: " \
                                       "half-written file" in output, output[-3000:]
     assert "Building DAG of jobs" not in output and not (workdir / "results").exists()
+
+
+def test_a_network_the_meta_device_cannot_run_is_counted_on_the_cpu(model_file):
+    """A forward pass that reads values (``.item()``) passes the start-up check, so the plan counts it on the CPU."""
+    write(model_file.parent, "reads.py", TINY_NET.replace("tiny_net", "reads_net").replace(
+        "return self.classifier(self.body(x))",
+        "scale = 1.0 if float(x.abs().sum().item()) >= 0 else 2.0\n        return self.classifier(self.body(x)) * scale"))
+    config = study_config(["reads.py"], models=["reads_net"], model_options={"reads_net": {"width": 4}})
+    checked = startup.check(config)
+    from cnnrepro.plan import cost, runs
+
+    settings = checked.settings["mine/cifar10/reads_net/none/base/seed0"]
+    counted = cost.settings_cost(settings)
+    assert counted.params == 3 * 4 * 9 + 4 + 4 * 10 + 10 and counted.flops > 0 and counted.ops > 0
+    plans = runs.plan_runs(checked.config, runs.NO_SAVINGS, checked.settings)
+    assert all(p.seconds(runs.rate_for("h100", checked.config)) > 0 for p in plans)
+
+
+def test_a_paper_table_is_checked_again_where_the_model_file_is_not_imported(model_file, tmp_path):
+    """The aggregation job checks the study's paper tables again in a process that has not imported the model
+    file: a declared dataset stored at the models' own input size must not need the model to count its classes."""
+    from cnnrepro.tables import specs
+    from tests.test_declared_datasets import make_image_folders
+
+    make_image_folders(tmp_path / "fruit", {"train": 4, "test": 2})
+    (tmp_path / "mine.csv").write_text("model,test_acc_pct\ntiny_net,50.0\n")
+    config = study_config(["my_nets.py"], datasets=["fruit"], input={"size": "model", "normalization": "auto"},
+                          tables=[{"file": "mine.csv", "match": {"model": {"tiny_net": {"model": "tiny_net"}}},
+                                   "metrics": {"test_acc_pct": "test_top1_pct"}}])
+    config["paper_tables_dir"] = str(tmp_path)
+    config["data"]["datasets"] = {"fruit": {"source": "imagefolder", "train": "fruit/train", "test": "fruit/test"}}
+    checked = startup.check(config)
+    assert cfg.dataset_info(checked.config, "fruit").size == 32  # tiny_net's own input size
+    models.unload_model_file("my_nets.py")  # as in the aggregation job's fresh process
+    with pytest.raises(KeyError):
+        models.get_spec("tiny_net")
+    specs.check_paper_tables(checked.config)

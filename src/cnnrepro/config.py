@@ -517,12 +517,15 @@ def declared_facts(config: dict, name: str) -> declared.Facts:
 
 
 def _study_sizes(config: dict, name: str) -> Iterable[int]:
-    """The input sizes the runs on dataset ``name`` feed their models (input.size after the limits), where set."""
+    """The input sizes the runs on dataset ``name`` feed their models (input.size after the limits), where set, and
+    those an assumption tries."""
     limit = config["limits"]["input_size"]
     for study in config["studies"].values():
         if name not in study["datasets"]:
             continue
-        for size in (study["input"]["size"], *study["grid"].get("input.size", ())):
+        # An assumption's other sizes count whether or not they are swept: the stored size stays the same either way.
+        tried = (value for a in study.get("assumptions", ()) if a["key"] == "input.size" for value in a["alternatives"])
+        for size in (study["input"]["size"], *study["grid"].get("input.size", ()), *tried):
             if size == MODEL_NATIVE:
                 yield from (limit or _native_input(m, study["model_options"].get(m, {}))[0] for m in study["models"])
             elif size:
@@ -543,6 +546,11 @@ def store_size(config: dict, name: str, facts: declared.Facts) -> int:
     raise ConfigError(f"config error at 'data.datasets.{name}.store_size': the images of {name} ({facts.origin}) "
                       "are not all square and of one size, and no study that uses it sets input.size; set store_size "
                       "(the side every image is resized to when it is prepared) or the studies' input.size")
+
+
+def dataset_classes(config: dict, name: str) -> int:
+    """How many classes a dataset has, without its stored size (which needs the models of the studies using it)."""
+    return DATASETS[name].num_classes if name in DATASETS else len(declared_facts(config, name).classes)
 
 
 def dataset_info(config: dict, name: str) -> DatasetInfo:

@@ -51,7 +51,8 @@ def prepare(settings_by_run: dict, config: dict, profile: Profile, device_type: 
     shutil.rmtree(folder, ignore_errors=True)  # an earlier check's runs: a run must start from nothing
     data = folder / "data" / f"{settings['dataset']}.pt"
     data.parent.mkdir(parents=True, exist_ok=True)
-    compact.write_compact(sources.make_synthetic(settings["dataset"], *profile.training_images), data,
+    info = cfg.dataset_info(config, settings["dataset"])  # a built-in or a declared dataset: its shapes and classes
+    compact.write_compact(sources.make_synthetic(info, *profile.training_images), data,
                           {"dataset": settings["dataset"], "source": "synthetic"})
     settings_file = folder / "settings.json"
     io.write_json(settings_file, settings)

@@ -89,8 +89,24 @@ def _counted_modules(net: torch.nn.Module) -> dict[str, tuple[bool, bool, int, i
 def model_cost(model: str, num_classes: int, in_channels: int, input_size: int | None, image_size: int,
                options: str) -> ModelCost:
     """Count one image's forward pass through ``model`` built on the meta device (milliseconds, no memory).
-    Cached per build: the workflow asks at every start."""
+    Cached per build: the workflow asks at every start. A model whose forward pass the meta device cannot run (a
+    model file's network that reads tensor values) is built and counted on the CPU instead."""
     net = models.build_on_meta(model, num_classes, in_channels, input_size, json.loads(options)).eval()
+    try:
+        return _count(net, models.blank_batch(net, 1, in_channels, image_size))
+    except NotImplementedError:
+        pass  # an op without a meta kernel
+    except RuntimeError as error:
+        if "meta" not in str(error):
+            raise
+    net = models.build_model(model, num_classes, in_channels=in_channels, input_size=input_size,
+                             options=json.loads(options)).eval()
+    return _count(net, torch.zeros(1, in_channels, image_size, image_size))
+
+
+def _count(net: torch.nn.Module, x: torch.Tensor) -> ModelCost:
+    """FLOPs, ops and bytes of ``net`` on the one-image batch ``x`` (made before the counters start: the input is
+    no op of the model), and for each counted layer what came before its first call."""
     flops, ops = FlopCounterMode(display=False), _OpCounter()
     kinds = _counted_modules(net)
     first: dict[str, tuple] = {}  # layer -> (FLOPs, ops, bytes before its first call, its input's bytes)
@@ -102,7 +118,6 @@ def model_cost(model: str, num_classes: int, in_channels: int, input_size: int |
 
     hooks = [module.register_forward_pre_hook(before(name)) for name, module in net.named_modules()
              if name in kinds]
-    x = models.blank_batch(net, 1, in_channels, image_size)  # before the counters: the input is no op of the model
     try:
         with warnings.catch_warnings(), torch.no_grad(), flops, ops:
             warnings.simplefilter("ignore")

@@ -165,7 +165,8 @@ def _check_metric_fields(config: dict, study: str, table: dict, csv_file: _Paper
     """Each metric column maps to a number every run's summary holds, its ``{column}`` templates filled from
     every row."""
     field, path = csv_file.field, csv_file.path
-    num_classes = max(cfg.dataset_info(config, d).num_classes for d in config["studies"][study]["datasets"])
+    # Not dataset_info: the aggregation job, which checks the table again, has not imported the model files.
+    num_classes = max(cfg.dataset_classes(config, d) for d in config["studies"][study]["datasets"])
     for metric in csv_file.metric_cols:
         source = table["metrics"][metric]
         if source is None:

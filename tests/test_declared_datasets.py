@@ -157,7 +157,10 @@ def test_torchvision_classes_are_known_before_download_with_their_split_argument
     config["studies"]["mine"]["datasets"] = ["fashion", "letters"]
     checked = startup.check(config)  # data.source synthetic (the smoke preset): nothing to download
     assert checked.settings["mine/fashion/fcnn/none/base/seed0"]["classes"][:2] == ["T-shirt/top", "Trouser"]
-    assert checked.settings["mine/letters/fcnn/none/base/seed0"]["num_classes"] == 27  # torchvision's 'N/A' + a-z
+    letters = checked.settings["mine/letters/fcnn/none/base/seed0"]
+    assert letters["num_classes"] == 26 and letters["classes"][:2] == ["a", "b"]  # not torchvision's unused 'N/A'
+    assert declared.label_offset({"class": "EMNIST", "args": {"split": "letters"}}) == 1
+    assert declared.label_offset({"class": "EMNIST", "args": {"split": "balanced"}}) == 0
     svhn = cfg.dataset_info(checked.config, "svhn")
     assert (svhn.channels, svhn.size, svhn.split_sizes) == (3, 32, {"train": 73257, "test": 26032})
     assert cfg.dataset_info(checked.config, "stl").size == 96
@@ -218,6 +221,41 @@ def test_a_declared_torchvision_dataset_is_read_offline_from_its_files(tmp_path,
     assert (facts.channels, facts.native_size, dict(facts.split_sizes)) == (1, 28, {"train": 60000, "test": 10000})
     assert facts.classes[0] == "T-shirt/top"
     declared._torchvision_facts.cache_clear()
+
+
+class _FakeLetters:
+    """EMNIST letters as torchvision's class holds them: labels 1 to 26 (0 is 'N/A', which no image has)."""
+
+    def __init__(self, root, download, **kwargs):
+        self.targets = torch.arange(1, 27).repeat(2)
+        self.data = torch.zeros(len(self.targets), 28, 28, dtype=torch.uint8)
+
+
+def test_emnist_letters_are_labelled_0_to_25_as_their_26_classes(monkeypatch, tmp_path):
+    monkeypatch.setattr(prepare, "open_declared", lambda settings, root: {"train": _FakeLetters(root, False),
+                                                                          "test": _FakeLetters(root, False)})
+    declaration = {"source": "torchvision", "class": "EMNIST", "args": {"split": "letters"}}
+    facts = {"channels": 1, "size": 28, "split_sizes": {"train": 52, "test": 52}, "origin": "torchvision EMNIST"}
+    labels = prepare._torchvision_splits(declaration, tmp_path, facts)["train"].labels
+    assert labels.min() == 0 and labels.max() == 25 and len(set(labels.tolist())) == 26
+
+
+def test_a_split_held_on_a_device_is_gathered_a_chunk_at_a_time(monkeypatch):
+    x = torch.arange(40 * 3 * 4 * 4, dtype=torch.int32).reshape(40, 3, 4, 4).to(torch.uint8)
+    index = torch.tensor([5, 0, 39, 7, 7, 12, 30, 1, 2])
+    monkeypatch.setattr(splits, "GATHER_CHUNK_BYTES", 2 * 3 * 4 * 4)  # two images per chunk: five chunks
+    assert torch.equal(splits._gathered(x, index, torch.device("cpu")), x[index])
+    assert torch.equal(splits._gathered(x, None, torch.device("cpu")), x)
+
+
+def test_the_stored_size_covers_the_input_sizes_an_assumption_tries(folders):
+    assumption = {"key": "input.size", "basis": "choice", "reason": "the paper gives no size", "alternatives": [40]}
+    config = study_config({"fruit": {"source": "imagefolder", "train": str(folders / "train"),
+                                     "test": str(folders / "test")}}, {"assumptions": [assumption]})
+    config["limits"]["input_size"] = None
+    checked = startup.check(config)  # not swept: the stored size is the same with and without the sweep
+    assert cfg.dataset_info(checked.config, "fruit").size == 40
+    assert checked.settings["mine/fruit/cnn/none/base/seed0"]["input"]["size"] == 28
 
 
 def _train(settings: dict, data: Path, folder: Path) -> dict:
@@ -320,3 +358,17 @@ def test_a_dataset_larger_than_the_memory_cap_prepares_and_trains_within_it(tmp_
     assert results["prepare"]["bytes"] > 4 * headroom  # the dataset is far larger than the room each job had
     assert results["train"]["status"] == "ok" and results["train"]["top1"] > 0.5  # it learned (chance: 1/3)
     assert "batches stream from the memory-mapped file" in done.stderr
+
+
+def test_preparing_a_torchvision_class_asks_for_its_arrays_at_their_own_size_not_the_stored_one():
+    from cnnrepro.plan import memory
+
+    config = study_config({"byclass": {"source": "torchvision", "class": "EMNIST", "args": {"split": "byclass"}}},
+                          {"input": {"size": 224, "normalization": "auto"}})
+    config["limits"]["input_size"] = None
+    checked = startup.check(config)
+    settings = cfg.data_settings(checked.config, "byclass")
+    stored = memory.dataset_bytes("byclass", settings) / 2**20  # 814,255 images at 224 px: about 38 GiB
+    native = (697932 + 116323) * 28 * 28 / 2**20  # torchvision's arrays: 28 px
+    asked = memory.prepare_mem_mb("byclass", settings)
+    assert settings["facts"]["size"] == 224 and asked < stored / 10 and asked > native

@@ -159,7 +159,24 @@ def _known_facts(name: str, declaration: Mapping[str, Any]) -> Facts:
     if not classes:
         by_split = getattr(cls, "classes_split_dict", None)
         classes = tuple(by_split[variant]) if by_split else tuple(cls.classes)
+        classes = classes[label_offset(declaration):]
     return Facts(tuple(map(str, classes)), known.channels, known.size, split_sizes, f"torchvision {name}")
+
+
+# A class list whose first name stands for a label no image has (EMNIST letters: 'N/A', then a to z as 1 to 26).
+UNUSED_LABEL = "N/A"
+
+
+def label_offset(declaration: Mapping[str, Any]) -> int:
+    """1 where a torchvision dataset's labels start at 1 behind an unused class 0 (EMNIST letters): the study then
+    sees 26 classes labelled 0 to 25 instead of a 27th no image has; else 0."""
+    cls = torchvision_class(declaration["class"])
+    by_split = getattr(cls, "classes_split_dict", None)
+    known = known_class(declaration["class"])
+    if not by_split or known is None or not known.variant_argument:
+        return 0
+    variant = (declaration.get("args") or {}).get(known.variant_argument)
+    return 1 if by_split.get(variant, ("",))[0] == UNUSED_LABEL else 0
 
 
 def torchvision_labels(dataset: Any):

@@ -324,8 +324,10 @@ def _torchvision_splits(settings: Mapping[str, Any], root, facts: Mapping[str, A
     import torchvision  # deferred: torchvision takes ~2 s to import, which only this source needs
 
     out = {}
+    offset = declared.label_offset(settings)
     for split, dataset in open_declared(settings, root).items():
         x, labels = torchvision_arrays(dataset)
+        labels = labels - offset  # EMNIST letters: a to z are 1 to 26 in its files, 0 to 25 in the study
         expected = facts["split_sizes"].get(split)
         if "read from its files" not in facts["origin"] and expected is not None and len(labels) != expected:
             raise DatasetCorrupt(f"torchvision {settings['class']} {split}: {len(labels)} images, expected {expected} "

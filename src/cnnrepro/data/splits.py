@@ -36,7 +36,7 @@ class Split:
         if stream:
             self.x = x
         else:
-            self.x = (x if index is None else x[index]).to(device)
+            self.x = (x if index is None else x[index]) if self.device.type == "cpu" else _gathered(x, index, device)
         self.y = (y if index is None else y[index]).to(device)
         self.transform = transform
 
@@ -59,6 +59,21 @@ class Split:
             idx = order[start:start + batch_size]
             rows = self._rows(host_order[start:start + batch_size]) if self.stream else self.x[idx]
             yield self.transform(rows, generator, train), self.y[idx]
+
+
+GATHER_CHUNK_BYTES = 64 * 2**20
+
+
+def _gathered(x: torch.Tensor, index: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+    """``x[index]`` on ``device``, gathered a chunk at a time: a split of a memory-mapped file that is held on a GPU
+    never passes through host memory whole (the train job's mem_mb does not count it)."""
+    rows = len(x) if index is None else len(index)
+    out = torch.empty((rows, *x.shape[1:]), dtype=x.dtype, device=device)
+    chunk = max(1, GATHER_CHUNK_BYTES // max(x[0].numel() * x.element_size(), 1)) if len(x) else 1
+    for start in range(0, rows, chunk):
+        part = x[start:start + chunk] if index is None else x[index[start:start + chunk]]
+        out[start:start + chunk].copy_(part)
+    return out
 
 
 def read_verified(data_path: str | Path) -> dict:

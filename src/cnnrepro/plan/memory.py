@@ -114,5 +114,11 @@ def prepare_mem_mb(dataset: str, data_settings: dict) -> int:
         info = dataset_facts(dataset, data_settings)
         chunk = 4 * PREPARE_CHUNK * info.channels * info.size * info.size  # decoded, resized and as floats
         return math.ceil(SAFETY * (RUNTIME_MB + chunk / 2**20))
-    copies = 2 if _mapped(data_settings) else 4
-    return math.ceil(SAFETY * (RUNTIME_MB + copies * dataset_bytes(dataset, data_settings) / 2**20))
+    if _mapped(data_settings):
+        # torchvision's arrays of every image at their own size, once; the resized chunk being written.
+        facts = data_settings["facts"]
+        side = facts["native_size"] or facts["size"]
+        source = sum(facts["split_sizes"].values()) * facts["channels"] * side * side
+        chunk = 4 * PREPARE_CHUNK * facts["channels"] * facts["size"] * facts["size"]
+        return math.ceil(SAFETY * (RUNTIME_MB + (source + chunk) / 2**20))
+    return math.ceil(SAFETY * (RUNTIME_MB + 4 * dataset_bytes(dataset, data_settings) / 2**20))

@@ -11,7 +11,10 @@ REPO = Path(__file__).resolve().parents[1]
 # time; pyproject.toml), so each starts on one of them and the short modules fill the gaps. The SLURM run waits
 # on its cluster's status checks most of the time; the local smoke run, which it and test_e2e read, runs meanwhile.
 LONGEST_FIRST = ("test_slurm.py", "test_e2e.py", "test_faults_workflow.py", "test_report_partial.py",
-                 "test_open_world.py", "test_faults_inputs.py", "test_declared_datasets.py", "test_chaining.py")
+                 "test_open_world.py", "test_faults_inputs.py", "test_gpu_check.py", "test_figures.py",
+                 "test_declared_datasets.py", "test_chaining.py", "test_assumptions.py", "test_gpu_slots.py",
+                 "test_resources.py", "test_plan.py", "test_faults_config.py", "test_snakemake_report.py",
+                 "test_new_study.py", "test_model_files.py")
 
 
 def pytest_collection_modifyitems(items):

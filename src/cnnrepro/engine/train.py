@@ -452,17 +452,18 @@ def evaluate(model, split: Split, criterion, batch_size: int, num_classes: int, 
     # Sums stay on the device (float64: the same sums Python floats gave), so a GPU syncs once, not per batch.
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
     top5 = torch.zeros((), dtype=torch.long, device=device)
-    preds, seen = [], 0
+    # Allocated once: a small tensor kept from every batch would pin the host allocator's heap (train_one_epoch).
+    pred = torch.empty(len(split), dtype=torch.long, device=device)
+    seen = 0
     for x, y in split.batches(batch_size, None, train=False):
         with explain_out_of_memory(batch_size, "recipe.eval_batch_size", device), autocast(device, amp):
             logits = model(to_format(x, channels_last))
         logits = logits.float()
         total_loss += criterion(logits, y).double() * len(y)
+        torch.argmax(logits, 1, out=pred[seen:seen + len(y)])
         seen += len(y)
-        preds.append(logits.argmax(1))
         if num_classes > 5:
             top5 += metrics.topk_hits(logits, y, 5)
-    pred = torch.cat(preds)
     out = {"loss": float(total_loss) / max(seen, 1), "acc": float((pred == split.y).float().mean())}
     if detailed:
         hits = {5: int(top5)} if num_classes > 5 else {}

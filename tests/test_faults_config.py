@@ -312,6 +312,23 @@ def test_the_model_check_builds_each_model_once_and_on_the_meta_device(smoke_con
     cfg._probe_model.cache_clear()
 
 
+def test_a_jobs_own_snakemake_skips_the_model_builds_and_gets_the_same_settings(smoke_config, monkeypatch):
+    """In a job's own snakemake process (a SLURM job, a group's member; the workflow passes is_main_process), the
+    start-up check builds no model: the main process did, before it submitted the job."""
+    from cnnrepro.models import build
+
+    monkeypatch.chdir(REPO)
+    cfg._probe_model.cache_clear()
+    built = []
+    real = build.build_model
+    monkeypatch.setattr(build, "build_model", lambda *a, **k: built.append(a[0]) or real(*a, **k))
+    in_job = startup.check(copy.deepcopy(smoke_config), probe_models=False)
+    assert built == []
+    main = startup.check(copy.deepcopy(smoke_config))
+    assert built and in_job.settings == main.settings and in_job.figures == main.figures
+    cfg._probe_model.cache_clear()
+
+
 def test_a_yaml_syntax_error_names_the_file_the_line_and_the_column(tmp_path, capsys, monkeypatch):
     """Our loader (cnnrepro's commands, startup.load) names where the YAML breaks. Snakemake reads its --configfile
     overlays itself, before the workflow starts, and names neither: `cnnrepro check --configfile` is the way."""

@@ -801,11 +801,13 @@ def run_length_key(recipe: dict, schema: dict | None = None) -> str:
     return "epochs" if "epochs" in recipe_branches(schema)["schedule"][recipe["schedule"]] else "max_epochs"
 
 
-def run_settings(config: dict, run: Run) -> dict:
-    """Everything one training run needs, resolved from the study, its variant and the limits."""
+def run_settings(config: dict, run: Run, probe_models: bool = True) -> dict:
+    """Everything one training run needs, resolved from the study, its variant and the limits. ``probe_models``
+    False leaves out the model checks on the meta device (a job's own snakemake process, whose configuration the
+    workflow's main process checked before submitting it)."""
     variant = {v.id: v for v in study_variants(config, config["studies"][run.study])}[run.variant]
     try:
-        return _run_settings(config, run, variant)
+        return _run_settings(config, run, variant, probe_models)
     except ConfigError as error:
         if not variant.grid and not variant.assumption:
             raise
@@ -830,7 +832,7 @@ def apply_setting(study: dict, key: str, value: Any) -> None:
             del study["recipe"][unused]
 
 
-def _run_settings(config: dict, run: Run, variant: Variant) -> dict:
+def _run_settings(config: dict, run: Run, variant: Variant, probe_models: bool = True) -> dict:
     schema = config_schema()
     grid_values = variant.grid
     # The study's tables were checked at start-up and settle nothing about a run: not copied for each one.
@@ -886,7 +888,8 @@ def _run_settings(config: dict, run: Run, variant: Variant) -> dict:
     if source is not None:
         # The file's content is part of the run: an edit reruns the runs of its models, and only those.
         settings["model_file"] = {"path": source.path, "sha256": source.sha256}
-    _check_model(config, run, study, settings, where)
+    if probe_models:
+        _check_model(config, run, study, settings, where)
     return settings
 
 
@@ -1065,9 +1068,9 @@ def _check_freeze(run: Run, study: dict, spec: Any, trainable: list, probe: Mode
                           f"top-level modules: {top}")
 
 
-def settings_by_run(config: dict) -> dict[str, dict]:
+def settings_by_run(config: dict, probe_models: bool = True) -> dict[str, dict]:
     """Every run's settings by run id, each recipe checked once: what the workflow looks jobs up in."""
-    return {run.id: run_settings(config, run) for run in expand_runs(config)}
+    return {run.id: run_settings(config, run, probe_models) for run in expand_runs(config)}
 
 
 def data_settings(config: dict, dataset: str) -> dict:

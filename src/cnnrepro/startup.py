@@ -24,12 +24,13 @@ class Checked:
     figures: dict[str, list[Figure]]  # study -> its figures
 
 
-def check(config: dict) -> Checked:
+def check(config: dict, probe_models: bool = True) -> Checked:
     """Validate ``config`` in place (defaults filled) and run every start-up check; a ConfigError naming the field
-    otherwise."""
+    otherwise. ``probe_models`` False: every check but the models' build on the meta device, for a job's own
+    snakemake process (a SLURM job, a group's member), whose configuration the main process checked."""
     cfg.validate(config)
     specs.check_config(config)
-    settings = cfg.settings_by_run(config)
+    settings = cfg.settings_by_run(config, probe_models)
     return Checked(config, settings, figure_plan.plan(config, settings))
 
 

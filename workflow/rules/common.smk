@@ -14,7 +14,9 @@ from snakemake.logging import logger  # noqa: E402
 # The configuration's checks and each stage's check of what it will read, before any job starts; every run's
 # settings (its recipe checked once) and every study's figures come out of them.
 try:
-    CHECKED = startup.check(config)
+    # A job's own snakemake (on a cluster node, a group's member) skips the models' meta-device builds: the main
+    # process checked them before submitting it, and they would import torchvision in every job.
+    CHECKED = startup.check(config, probe_models=workflow.is_main_process)
 except cfg.ConfigError as error:
     raise WorkflowError(str(error)) from None
 

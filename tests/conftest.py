@@ -119,3 +119,15 @@ def data_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "mnist.pt"
     compact.write_compact(sources.make_synthetic("mnist", 256, 128), path, {"dataset": "mnist"})
     return path
+
+
+@pytest.fixture
+def no_downloads(monkeypatch):
+    """torch.hub's downloads fail as they do without internet (OSError): no test reaches the network."""
+    import torch
+
+    def refuse(*args, **kwargs):
+        raise OSError("tests must not download")  # as a machine without internet fails
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)

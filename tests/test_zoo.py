@@ -27,13 +27,7 @@ FAMILIES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise OSError("tests must not download")
-
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
-    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+pytestmark = pytest.mark.usefixtures("no_downloads")
 
 
 @pytest.mark.parametrize("builder", sorted(FAMILIES))
